@@ -172,6 +172,13 @@ class ICAEPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     _can_compile_fullgraph = False
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Save as usual; a model registered for remote code also maps `AutoModel` to itself in `auto_map`."""
+        if self._auto_class is not None:
+            module = type(self).__module__.rsplit(".", 1)[-1]
+            self.config.auto_map = {**(self.config.auto_map or {}), "AutoModel": f"{module}.{type(self).__name__}"}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
     def _init_weights(self, module):
         if isinstance(module, ICAEForCausalLM):
             std = getattr(self.config.text_config, "initializer_range", 0.02)
