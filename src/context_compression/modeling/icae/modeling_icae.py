@@ -176,7 +176,7 @@ class ICAEPreTrainedModel(PreTrainedModel):
         """Save as usual; a model registered for remote code also maps `AutoModel` to itself in `auto_map`."""
         if self._auto_class is not None:
             module = type(self).__module__.rsplit(".", 1)[-1]
-            self.config.auto_map = {**(self.config.auto_map or {}), "AutoModel": f"{module}.{type(self).__name__}"}
+            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), "AutoModel": f"{module}.{type(self).__name__}"}
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     def _init_weights(self, module):
