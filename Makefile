@@ -1,0 +1,32 @@
+# `make demo` and `make test` are the README's two commands; `make install` runs first for both.
+# Override VENV (or PY) to use an existing environment, e.g. `make test VENV=/opt/venv`.
+PYTHON ?= python3
+VENV ?= .venv
+PY ?= $(VENV)/bin/python
+TORCH_VERSION ?= 2.13.0
+# Extra pip arguments for torch, e.g. TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu".
+TORCH_PIP_ARGS ?=
+STAMP := $(VENV)/.install-stamp
+
+export HF_HUB_OFFLINE := 1
+
+.PHONY: install demo test bench
+
+install: $(STAMP)
+
+# torch is pinned and installed before the package so the resolver never picks another build.
+$(STAMP): pyproject.toml
+	@[ -x "$(PY)" ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install $(TORCH_PIP_ARGS) "torch==$(TORCH_VERSION)"
+	$(PY) -m pip install -e ".[dev]"
+	@mkdir -p $(dir $@) && touch $@
+
+demo: install
+	$(dir $(PY))context-compression demo
+
+test: install
+	$(PY) -m pytest -q tests
+
+bench: install
+	@for f in benchmarks/*.py; do [ -e "$$f" ] || continue; echo "== $$f"; $(PY) "$$f" || exit 1; done
