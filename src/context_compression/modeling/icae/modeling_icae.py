@@ -541,7 +541,9 @@ class ICAEForCausalLM(ICAEPreTrainedModel, GenerationMixin):
             self._prompt_ids(tokenizer, n, text, mode, **kwargs) for n, text in zip(slots, prompts)
         ]
         width = max(len(row) for row in rows)
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        pad_id = getattr(tokenizer, "pad_token_id", None)
+        if pad_id is None:
+            pad_id = self.config.text_config.pad_token_id or 0
         device = compressed.memory_embeds.device
         input_ids = torch.tensor([[pad_id] * (width - len(row)) + row for row in rows], device=device)
         attention_mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows], device=device)
@@ -599,7 +601,7 @@ def _add_special_tokens(tokenizer, config_kwargs: dict) -> dict:
         "lm_token": config_kwargs.get("lm_token", "<LM>"),
         "ft_token": config_kwargs.get("ft_token", "<FT>"),
     }
-    tokenizer.add_special_tokens({"additional_special_tokens": list(names.values())}, replace_additional_special_tokens=False)
+    tokenizer.add_tokens(list(names.values()), special_tokens=True)
     return {f"{name}_id": tokenizer.convert_tokens_to_ids(token) for name, token in names.items()}
 
 
