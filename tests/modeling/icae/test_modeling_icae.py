@@ -85,6 +85,7 @@ def test_padded_batch_equals_rows_one_at_a_time(icae, contexts, side):
     model, _ = icae
     ids, mask = pad(contexts, side=side, value=7)
     batch = model.compress(ids, mask)
+    torch.testing.assert_close(model.compress(ids, mask, segment_batch_size=2).memory_embeds, batch.memory_embeds)
     assert batch.num_slots.tolist() == [4, 8, 12]
     for row, context in enumerate(contexts):
         alone = model.compress(torch.tensor([context]))
@@ -427,3 +428,9 @@ def test_prompt_mode_errors(icae, contexts):
         model.prepare_prompt(tokenizer, "q", compressed=compressed, mode="qa")
     with pytest.raises(ValueError, match="needs a `prompt`"):
         model.prepare_prompt(tokenizer, compressed=compressed, mode="ft")
+
+
+def test_mask_of_another_shape_is_refused(icae):
+    model, _ = icae
+    with pytest.raises(ValueError, match=r"attention_mask has shape \(1, 4\) but input_ids has \(1, 5\)"):
+        model.compress(torch.ones(1, 5, dtype=torch.long), torch.ones(1, 4, dtype=torch.long))

@@ -350,29 +350,38 @@ class ICAEForCausalLM(ICAEPreTrainedModel, GenerationMixin):
     # ------------------------------------------------------------------ compression
 
     def compress(
-        self, input_ids: torch.LongTensor, attention_mask: torch.LongTensor | None = None, **kwargs
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.LongTensor | None = None,
+        segment_batch_size: int | None = None,
     ) -> CompressedContext:
         """
         Compress each row's context into `num_segments * num_memory_tokens` memory slots.
 
-        All segments of all rows go through the encoder as one right-padded batch; a row's slots are the final
-        (normed) hidden states at its memory tokens, segment after segment. Padding (left or right, marked by
-        `attention_mask`) never reaches the encoder, so each row compresses as it would alone.
+        All segments of all rows go through the encoder as one right-padded batch (or batches of at most
+        `segment_batch_size` segments, to bound memory); a row's slots are the final (normed) hidden states at its
+        memory tokens, segment after segment. Padding (left or right, marked by `attention_mask`) never reaches the
+        encoder, so each row compresses as it would alone.
         """
         if input_ids.dim() == 1:
             input_ids = input_ids.unsqueeze(0)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids has {tuple(input_ids.shape)}; "
+                "pass the mask the tokenizer returned with these ids."
+            )
         contexts = [ids[mask.bool()] for ids, mask in zip(input_ids, attention_mask)]
         self._check_contexts(contexts)
-        capacity = self.config.segment_capacity
-        segments, owners = [], []
-        for row, context in enumerate(contexts):
-            for start, end in segment_bounds(len(context), capacity):
-                segments.append(context[start:end])
-                owners.append(row)
-        memory = self._encode_segments(segments)
-        per_row = [memory[[i for i, owner in enumerate(owners) if owner == row]].flatten(0, 1) for row in range(len(contexts))]
+        segments, counts = [], []
+        for context in contexts:
+            bounds = segment_bounds(len(context), self.config.segment_capacity)
+            segments.extend(context[start:end] for start, end in bounds)
+            counts.append(len(bounds))
+        step = segment_batch_size or len(segments)
+        memory = torch.cat([self._encode_segments(segments[i : i + step]) for i in range(0, len(segments), step)])
+        per_row = [slots.flatten(0, 1) for slots in memory.split(counts)]
         memory_embeds, memory_attention_mask = _right_pad(per_row)
         return CompressedContext(
             memory_embeds=memory_embeds,
