@@ -434,3 +434,19 @@ def test_mask_of_another_shape_is_refused(icae):
     model, _ = icae
     with pytest.raises(ValueError, match=r"attention_mask has shape \(1, 4\) but input_ids has \(1, 5\)"):
         model.compress(torch.ones(1, 5, dtype=torch.long), torch.ones(1, 4, dtype=torch.long))
+
+
+def test_ft_prompt_reproduces_the_original_mistral_layout(icae, contexts):
+    """Mistral's template gives `[BOS] [INST] memory FT prompt [/INST]` with no space token before the memory."""
+    model, tokenizer = icae
+    tokenizer.chat_template = (
+        "{{ bos_token }}{% for m in messages %}{{ '[INST] ' + m['content'] + ' [/INST]' }}{% endfor %}"
+    )
+    compressed = model.compress(torch.tensor([contexts[0]]))
+    ids = model.prepare_prompt(tokenizer, "Who?", compressed=compressed, mode="ft")["input_ids"][0].tolist()
+
+    def encode(text):
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    expected = encode("<s>[INST]") + [model.config.memory_token_id] * 4 + [model.config.ft_token_id]
+    assert ids == expected + encode("Who?") + encode(" [/INST]")

@@ -569,14 +569,12 @@ class ICAEForCausalLM(ICAEPreTrainedModel, GenerationMixin):
         if prompt is None:
             raise ValueError("mode='ft' needs a `prompt` (the question or instruction about the context).")
         self.check_tokenizer(tokenizer)
-        user_turn = self.config.memory_token * num_slots + self.config.ft_token + prompt
-        if getattr(tokenizer, "chat_template", None):
-            text = tokenizer.apply_chat_template(
-                [{"role": "user", "content": user_turn}], tokenize=False, add_generation_prompt=True
-            )
-            return tokenizer(text, add_special_tokens=False)["input_ids"]
-        bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-        return bos + memory + [self.config.ft_token_id] + tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        prefix, suffix = _chat_turn_around(tokenizer)
+
+        def encode(text: str) -> list[int]:
+            return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+        return encode(prefix) + memory + [self.config.ft_token_id] + encode(prompt) + encode(suffix)
 
     def check_tokenizer(self, tokenizer) -> None:
         """Raise if the tokenizer's ids for this model's special tokens differ from the config's."""
@@ -600,6 +598,22 @@ def _checkpoint_replaying_adapter_state(checkpoint, model: ICAEForCausalLM, func
         context_fn=lambda: (contextlib.nullcontext(), model.adapter(enabled)),
         **kwargs,
     )
+
+
+def _chat_turn_around(tokenizer) -> tuple[str, str]:
+    """
+    The text a chat template puts before and after a user turn (with the generation prompt).
+
+    The turn's parts are tokenized one by one, as the original ICAE built `[INST] memory FT prompt [/INST]`: the
+    prompt on its own, and the prefix without its trailing spaces, so Mistral's template gives the original ids.
+    Without a template: just the BOS token.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        return (tokenizer.bos_token or "", "")
+    marker = "\uE000icae-user-turn\uE000"
+    text = tokenizer.apply_chat_template([{"role": "user", "content": marker}], tokenize=False, add_generation_prompt=True)
+    prefix, suffix = text.split(marker)
+    return prefix.rstrip(" "), suffix
 
 
 def _add_special_tokens(tokenizer, config_kwargs: dict) -> dict:
