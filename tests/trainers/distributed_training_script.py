@@ -31,7 +31,7 @@ def main(out: Path) -> None:
         lora_r=8, lora_dropout=0.0,
     )
     args = ICAETrainingArguments(
-        output_dir=str(out / "run"), use_cpu=not torch.cuda.is_available(), max_steps=8,
+        output_dir=str(out / "run"), use_cpu=True, max_steps=8,
         per_device_train_batch_size=2, learning_rate=1e-2, lr_scheduler_type="constant", logging_steps=1,
         save_strategy="no", report_to=[], model_max_length=32, lm_ratio=0.5, min_tokens_for_lm=8,
         leave_tokens_for_lm=2, dataloader_num_workers=0, disable_tqdm=True,

@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, TrainerCallback
 
 from context_compression import ICAEForCausalLM
@@ -52,6 +53,12 @@ def test_training_lowers_loss_and_updates_only_encoder_and_memory(make_icae, mak
     for name, param in model.named_parameters():
         changed = not torch.equal(param, before[name])
         assert changed == (name in trained), name
+
+
+def test_unfrozen_backbone_trains_everything(make_icae, make_args):
+    model, tokenizer = make_icae()
+    ICAETrainer(model=model, args=make_args(freeze_backbone=False), processing_class=tokenizer)
+    assert all(param.requires_grad for param in model.parameters())
 
 
 def test_activation_checkpointing_gives_the_same_step(make_icae, make_args, pretraining_data):
@@ -125,6 +132,20 @@ def test_restore_from_an_icae_folder(make_icae, make_args, pretraining_data, tmp
 
     with pytest.raises(ValueError, match="model=None"):
         ICAETrainer(model=saved, args=make_args(restore_from=str(tmp_path / "icae")))
+
+
+def test_restore_from_an_original_icae_file(make_icae, make_args, tmp_path):
+    """A released-format file (LoRA under `icae.base_model.model.`, memory embeddings) loads into the given model."""
+    source, tokenizer = make_icae(seed=3, lora_b_std=0.5)
+    original = {
+        name.replace("language_model.", "icae.base_model.model.", 1): param.detach().contiguous()
+        for name, param in source.named_parameters()
+        if "lora_" in name or name.startswith("memory_token_embed.")
+    }
+    save_file(original, tmp_path / "icae.safetensors")
+    model, _ = make_icae(seed=4)
+    trainer = ICAETrainer(model=model, args=make_args(restore_from=str(tmp_path / "icae.safetensors")), processing_class=tokenizer)
+    assert_same_parameters(trainable(trainer.model), trainable(source), atol=0, rtol=0)
 
 
 def test_wraps_a_base_language_model(tiny_llama_config, tiny_tokenizer, make_args, make_icae):

@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 from transformers import AutoConfig, PreTrainedModel, Trainer, TrainingArguments
 from transformers.utils import logging
 
+from ..data.trajectory import compress_turns
 from ..modeling.icae import ICAEConfig, ICAEForCausalLM
+from ..modeling.icae.convert_icae_original_to_hf import load_original_state_dict
 from .collators import ICAEDataCollator
 
 
@@ -109,10 +111,12 @@ class ICAETrainer(Trainer):
     - builds the model when given a base causal LM (or its path) instead of an ICAE, adding the memory and
       AE/LM/FT tokens to `processing_class`, or loads it from `args.restore_from`;
     - freezes the backbone (`args.freeze_backbone`), so only the LoRA encoder and the memory embeddings train;
-    - pads batches with [`ICAEDataCollator`] unless given another collator.
+    - pads batches with [`ICAEDataCollator`] unless given another collator;
+    - compresses trajectory batches (those with `context_turns`) turn by turn, see [`compress_turns`].
 
-    Datasets come from [`~context_compression.data.prepare_pretraining_dataset`] or
-    [`~context_compression.data.prepare_instruction_dataset`].
+    Datasets come from [`~context_compression.data.prepare_pretraining_dataset`],
+    [`~context_compression.data.prepare_instruction_dataset`] or
+    [`~context_compression.data.prepare_trajectory_dataset`].
     """
 
     def __init__(self, model=None, args: ICAETrainingArguments | None = None, data_collator=None, processing_class=None, **kwargs):
@@ -123,14 +127,25 @@ class ICAETrainer(Trainer):
                 "`ICAETrainingArguments(...)`."
             )
         model = _resolve_model(model, args, processing_class)
-        if args.freeze_backbone:
-            for name, param in model.named_parameters():
-                param.requires_grad = "lora_" in name or name.startswith("memory_token_embed.")
+        for name, param in model.named_parameters():
+            param.requires_grad = not args.freeze_backbone or "lora_" in name or name.startswith("memory_token_embed.")
         if processing_class is not None and hasattr(processing_class, "convert_tokens_to_ids"):
             model.check_tokenizer(processing_class)
         if data_collator is None:
             data_collator = ICAEDataCollator(pad_token_id=_pad_token_id(model, processing_class))
         super().__init__(model=model, args=args, data_collator=data_collator, processing_class=processing_class, **kwargs)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The model's loss; a trajectory batch first gets each example's accumulated memory from its turns."""
+        if "context_turns" in inputs:
+            inputs = dict(inputs)
+            inputs["compressed"] = compress_turns(
+                self.accelerator.unwrap_model(model),
+                inputs.pop("context_input_ids", None),
+                inputs.pop("context_attention_mask", None),
+                inputs.pop("context_turns"),
+            )
+        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
 
 def _resolve_model(model, args: ICAETrainingArguments, tokenizer) -> ICAEForCausalLM:
@@ -167,7 +182,7 @@ def _resolve_model(model, args: ICAETrainingArguments, tokenizer) -> ICAEForCaus
                 "it, or build the model with that value."
             )
     if args.restore_from is not None and not restore_folder:
-        _load_original_checkpoint(model, args.restore_from)
+        load_original_state_dict(model, args.restore_from)
     return model
 
 
@@ -178,13 +193,6 @@ def _wrap_base_model(lm, tokenizer, overrides: dict) -> ICAEForCausalLM:
             "tokenizer as `processing_class`."
         )
     return ICAEForCausalLM.from_base_model(lm, tokenizer=tokenizer, **overrides)
-
-
-def _load_original_checkpoint(model: ICAEForCausalLM, path: str) -> None:
-    """Load a released ICAE safetensors file (LoRA + memory embeddings, original key names) into `model`."""
-    from ..modeling.icae.convert_icae_original_to_hf import load_original_state_dict
-
-    load_original_state_dict(model, path)
 
 
 def _pad_token_id(model: ICAEForCausalLM, tokenizer) -> int:
