@@ -115,7 +115,7 @@ def render_model_card(model, card_metadata: dict | None = None) -> ModelCard:
     config = model.config
     values = {key: value for key, value in config.to_dict().items() if key != "text_config"}
     values.update(
-        model_name=f"{model_type.upper()} over {base_model_name}",
+        model_name=f"{model_type.upper()} over {Path(card_metadata.get('base_model') or base_model_name).name}",
         base_model_name=card_metadata.get("base_model") or base_model_name,
         backbone_type=config.text_config.model_type,
         segment_capacity=config.segment_capacity,
