@@ -66,10 +66,15 @@ def greedy(model, tokenizer, prompt_ids, compressed, **generate_kwargs):
 
 
 def ft_prompt(tokenizer, num_slots, question):
-    """The instruction prompt written out: chat template around `<MEM>`*k `<FT>` question."""
-    turn = "<MEM>" * num_slots + "<FT>" + question
-    text = tokenizer.apply_chat_template([{"role": "user", "content": turn}], tokenize=False, add_generation_prompt=True)
-    return tokenizer(text, add_special_tokens=False).input_ids
+    """
+    The instruction prompt written out: the chat template's text around a user turn of `<MEM>`*k `<FT>` question,
+    each part tokenized on its own (as ICAE built its prompts).
+    """
+    before, after = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "@@"}], tokenize=False, add_generation_prompt=True
+    ).split("@@")
+    turn = [before, "<MEM>" * num_slots + "<FT>", question, after]
+    return [i for part in turn for i in tokenizer(part, add_special_tokens=False).input_ids]
 
 
 def expected_slots(num_tokens):
