@@ -69,6 +69,9 @@ def test_from_base_model_adds_the_four_special_tokens(icae):
         assert tokenizer(token, add_special_tokens=False).input_ids == [token_id]  # never split
         assert tokenizer.decode([token_id]) == token
     model.check_tokenizer(tokenizer)
+    # GGUF weights were dequantized on load: the ICAE must not claim a quantization it does not have.
+    assert getattr(config.text_config, "quantization_config", None) is None
+    assert "quantization_config" not in config.to_dict()["text_config"]
 
 
 def test_instruction_prompt_uses_the_chat_template(icae):

@@ -8,6 +8,7 @@ remote-code saving (so `save_pretrained` writes `auto_map` and the modeling file
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from .modeling.icae import CompressedContext, ICAECausalLMOutputWithPast, ICAEConfig, ICAEForCausalLM
+from .pipelines import ContextCompressionPipeline  # registers the "context-compression" pipeline task
 
 
 __version__ = "0.1.0"
@@ -18,4 +19,11 @@ AutoModelForCausalLM.register(ICAEConfig, ICAEForCausalLM, exist_ok=True)
 ICAEConfig.register_for_auto_class()
 ICAEForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 
-__all__ = ["CompressedContext", "ICAECausalLMOutputWithPast", "ICAEConfig", "ICAEForCausalLM", "__version__"]
+__all__ = [
+    "CompressedContext",
+    "ContextCompressionPipeline",
+    "ICAECausalLMOutputWithPast",
+    "ICAEConfig",
+    "ICAEForCausalLM",
+    "__version__",
+]

@@ -235,6 +235,10 @@ class ICAEForCausalLM(ICAEPreTrainedModel, GenerationMixin):
             lm = AutoModelForCausalLM.from_pretrained(lm_or_path)
         if tokenizer is not None:
             config_kwargs = {**_add_special_tokens(tokenizer, config_kwargs), **config_kwargs}
+        if _quant_method(lm.config) == "gguf":
+            # GGUF weights are dequantized on load: the saved ICAE is a plain float model.
+            del lm.config.quantization_config
+            lm.hf_quantizer = None
         attn_implementation = lm.config._attn_implementation
         config = ICAEConfig(text_config=lm.config, **config_kwargs)
         config._attn_implementation = attn_implementation
@@ -614,6 +618,12 @@ def _chat_turn_around(tokenizer) -> tuple[str, str]:
     text = tokenizer.apply_chat_template([{"role": "user", "content": marker}], tokenize=False, add_generation_prompt=True)
     prefix, suffix = text.split(marker)
     return prefix.rstrip(" "), suffix
+
+
+def _quant_method(config) -> str | None:
+    quantization = getattr(config, "quantization_config", None)
+    method = quantization.get("quant_method") if isinstance(quantization, dict) else getattr(quantization, "quant_method", None)
+    return None if method is None else str(getattr(method, "value", method))
 
 
 def _add_special_tokens(tokenizer, config_kwargs: dict) -> dict:
