@@ -1,5 +1,6 @@
 """Shared fixtures: a local tokenizer and tiny backbone configs, so no test downloads anything."""
 
+import copy
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -11,6 +12,9 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from transformers import LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config  # noqa: E402
 
+from transformers import AutoModelForCausalLM  # noqa: E402
+
+from context_compression import ICAEForCausalLM  # noqa: E402
 from context_compression.data import build_tokenizer, generate_corpus  # noqa: E402
 
 TINY_BACKBONE = dict(
@@ -68,3 +72,28 @@ def tiny_qwen2_config(tiny_tokenizer):
 @pytest.fixture
 def tiny_qwen3_config(tiny_tokenizer):
     return _tiny_config(Qwen3Config, tiny_tokenizer)
+
+
+def build_icae(text_config, tokenizer, **config_kwargs):
+    """An eval-mode ICAE over a random backbone (4 slots per 8 tokens), with non-zero LoRA B so the encoder
+    (LoRA on) visibly differs from the decoder (LoRA off). Returns `(model, its own copy of the tokenizer)`."""
+    tokenizer = copy.deepcopy(tokenizer)
+    kwargs = dict(num_memory_tokens=4, mean_compression_rate=2, lora_r=4, lora_dropout=0.0)
+    kwargs.update(config_kwargs)
+    model = ICAEForCausalLM.from_base_model(AutoModelForCausalLM.from_config(text_config), tokenizer=tokenizer, **kwargs)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.5)
+    return model.eval(), tokenizer
+
+
+@pytest.fixture
+def make_icae(tiny_tokenizer):
+    """`make_icae(text_config, **config_kwargs) -> (model, tokenizer)`."""
+    return lambda text_config, **kwargs: build_icae(text_config, tiny_tokenizer, **kwargs)
+
+
+@pytest.fixture
+def icae(make_icae, tiny_llama_config):
+    return make_icae(tiny_llama_config)

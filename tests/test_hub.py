@@ -21,24 +21,6 @@ from context_compression.hub import push_to_hub, save_pretrained
 QUESTIONS = ["Who bought the ropes?", "Where is the harbour?"]
 
 
-def build_icae(lm, tokenizer):
-    """An eval-mode ICAE with non-zero LoRA B, so the encoder (LoRA on) differs from the decoder (LoRA off)."""
-    tokenizer = copy.deepcopy(tokenizer)
-    model = ICAEForCausalLM.from_base_model(
-        lm, tokenizer=tokenizer, num_memory_tokens=4, mean_compression_rate=2, lora_r=4, lora_dropout=0.0
-    )
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(std=0.5)
-    return model.eval(), tokenizer
-
-
-@pytest.fixture
-def icae(tiny_llama_config, tiny_tokenizer):
-    return build_icae(AutoModelForCausalLM.from_config(tiny_llama_config), tiny_tokenizer)
-
-
 @pytest.fixture(scope="module")
 def contexts():
     documents = generate_corpus(2, seed=4)
@@ -75,7 +57,8 @@ def test_save_pretrained_writes_a_self_contained_checkpoint(icae, tmp_path):
 
 def test_card_names_the_base_model(tiny_llama_config, tiny_tokenizer, tmp_path):
     AutoModelForCausalLM.from_config(tiny_llama_config).save_pretrained(tmp_path / "base")
-    model, tokenizer = build_icae(AutoModelForCausalLM.from_pretrained(tmp_path / "base"), tiny_tokenizer)
+    tokenizer = copy.deepcopy(tiny_tokenizer)
+    model = ICAEForCausalLM.from_base_model(tmp_path / "base", tokenizer=tokenizer, num_memory_tokens=4, lora_r=4)
 
     save_pretrained(model, tokenizer, tmp_path / "local")
     local = ModelCard.load(tmp_path / "local" / "README.md")

@@ -7,35 +7,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, pipeline
 
-from context_compression import CompressedContext, ICAEForCausalLM
+from context_compression import CompressedContext
 from context_compression.data import generate_corpus
 from context_compression.pipelines import ContextCompressionPipeline
 
-MEMORY, RATE = 4, 2  # 8 context tokens per segment, 4 slots each
+MEMORY, RATE = 4, 2  # the shared `icae` fixture: 8 context tokens per segment, 4 slots each
 QUESTIONS = ["Who bought the ropes?", "Where is the harbour?", "What colour was the shelf?"]
-
-
-def build_icae(text_config, tokenizer):
-    """An eval-mode ICAE with non-zero LoRA B, so the encoder (LoRA on) differs from the decoder (LoRA off)."""
-    tokenizer = copy.deepcopy(tokenizer)
-    model = ICAEForCausalLM.from_base_model(
-        AutoModelForCausalLM.from_config(text_config),
-        tokenizer=tokenizer,
-        num_memory_tokens=MEMORY,
-        mean_compression_rate=RATE,
-        lora_r=4,
-        lora_dropout=0.0,
-    )
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(std=0.5)
-    return model.eval(), tokenizer
-
-
-@pytest.fixture
-def icae(tiny_llama_config, tiny_tokenizer):
-    return build_icae(tiny_llama_config, tiny_tokenizer)
 
 
 @pytest.fixture
