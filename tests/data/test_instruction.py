@@ -18,7 +18,9 @@ MEMORY, RATE, WINDOW = 4, 4, 50
 def icae(tiny_llama_config, tiny_tokenizer):
     tokenizer = copy.deepcopy(tiny_tokenizer)
     lm = AutoModelForCausalLM.from_config(tiny_llama_config)
-    model = ICAEForCausalLM.from_base_model(lm, tokenizer=tokenizer, num_memory_tokens=MEMORY, mean_compression_rate=RATE, lora_r=4)
+    model = ICAEForCausalLM.from_base_model(
+        lm, tokenizer=tokenizer, num_memory_tokens=MEMORY, mean_compression_rate=RATE, lora_r=4
+    )
     return model.eval(), tokenizer
 
 
@@ -71,4 +73,6 @@ def test_bad_input_is_refused(icae):
     with pytest.raises(ValueError, match="answer"):
         prepare_instruction_dataset(Dataset.from_dict({"input": ["x"], "prompt": ["y"]}), tokenizer, model)
     with pytest.raises(ValueError, match="empty `input`"):
-        prepare_instruction_dataset(Dataset.from_dict({"input": [""], "prompt": ["y"], "answer": ["z"]}), tokenizer, model)
+        prepare_instruction_dataset(
+            Dataset.from_dict({"input": [""], "prompt": ["y"], "answer": ["z"]}), tokenizer, model
+        )

@@ -17,15 +17,24 @@ MEMORY, RATE = 4, 4  # 16 context tokens per segment
 def icae(tiny_llama_config, tiny_tokenizer):
     tokenizer = copy.deepcopy(tiny_tokenizer)
     lm = AutoModelForCausalLM.from_config(tiny_llama_config)
-    model = ICAEForCausalLM.from_base_model(lm, tokenizer=tokenizer, num_memory_tokens=MEMORY, mean_compression_rate=RATE, lora_r=4)
+    model = ICAEForCausalLM.from_base_model(
+        lm, tokenizer=tokenizer, num_memory_tokens=MEMORY, mean_compression_rate=RATE, lora_r=4
+    )
     return model, tokenizer
 
 
 @pytest.fixture
 def make_args(tmp_path):
     def make(**overrides):
-        kwargs = dict(output_dir=str(tmp_path), use_cpu=True, report_to=[], model_max_length=40, min_tokens_for_lm=8,
-                      leave_tokens_for_lm=3, seed=0)
+        kwargs = dict(
+            output_dir=str(tmp_path),
+            use_cpu=True,
+            report_to=[],
+            model_max_length=40,
+            min_tokens_for_lm=8,
+            leave_tokens_for_lm=3,
+            seed=0,
+        )
         return ICAETrainingArguments(**{**kwargs, **overrides})
 
     return make
@@ -64,7 +73,9 @@ def test_autoencoding_examples(icae, make_args, texts):
 def test_continuation_examples(icae, make_args, texts):
     model, tokenizer = icae
     config = model.config
-    examples = prepare_pretraining_dataset(texts, tokenizer, model, make_args(lm_ratio=1.0, add_special_token_for_lm=True))
+    examples = prepare_pretraining_dataset(
+        texts, tokenizer, model, make_args(lm_ratio=1.0, add_special_token_for_lm=True)
+    )
     continued = 0
     for ids, example in zip(token_ids(tokenizer, texts), examples):
         context = example["context_input_ids"]
@@ -95,13 +106,18 @@ def test_draws_are_reproducible_per_row(icae, make_args, texts):
     args = make_args(lm_ratio=0.5)
     full = prepare_pretraining_dataset(texts, tokenizer, model, args)
     assert full.to_list() == prepare_pretraining_dataset(texts, tokenizer, model, args).to_list()
-    assert full.select(range(5)).to_list() == prepare_pretraining_dataset(texts.select(range(5)), tokenizer, model, args).to_list()
+    assert (
+        full.select(range(5)).to_list()
+        == prepare_pretraining_dataset(texts.select(range(5)), tokenizer, model, args).to_list()
+    )
     assert full.to_list() != prepare_pretraining_dataset(texts, tokenizer, model, args, seed=1).to_list()
 
 
 def test_empty_texts_are_dropped(icae, make_args):
     model, tokenizer = icae
-    examples = prepare_pretraining_dataset(Dataset.from_dict({"text": ["", "Some text.", ""]}), tokenizer, model, make_args())
+    examples = prepare_pretraining_dataset(
+        Dataset.from_dict({"text": ["", "Some text.", ""]}), tokenizer, model, make_args()
+    )
     assert len(examples) == 1
 
 

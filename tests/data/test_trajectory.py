@@ -18,8 +18,9 @@ MEMORY, RATE = 4, 4
 def icae(tiny_llama_config, tiny_tokenizer):
     tokenizer = copy.deepcopy(tiny_tokenizer)
     lm = AutoModelForCausalLM.from_config(tiny_llama_config)
-    model = ICAEForCausalLM.from_base_model(lm, tokenizer=tokenizer, num_memory_tokens=MEMORY, mean_compression_rate=RATE,
-                                            lora_r=4, lora_dropout=0.0)
+    model = ICAEForCausalLM.from_base_model(
+        lm, tokenizer=tokenizer, num_memory_tokens=MEMORY, mean_compression_rate=RATE, lora_r=4, lora_dropout=0.0
+    )
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name:
@@ -69,19 +70,32 @@ def test_batched_turns_equal_each_example_alone(icae):
     batch = ICAEDataCollator(pad_token_id=tokenizer.pad_token_id)(examples)
     assert batch["context_turns"].tolist() == [1, 1, 2, 0]
     with torch.no_grad():
-        compressed = compress_turns(model, batch["context_input_ids"], batch["context_attention_mask"], batch["context_turns"])
-        batch_loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
-                           compressed=compressed).loss
+        compressed = compress_turns(
+            model, batch["context_input_ids"], batch["context_attention_mask"], batch["context_turns"]
+        )
+        batch_loss = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            labels=batch["labels"],
+            compressed=compressed,
+        ).loss
         losses, counts = [], []
         for row, example in enumerate(examples):
             turns = [model.compress(torch.tensor([turn])) for turn in example["context_input_ids"]]
             alone = CompressedContext.concatenate(*turns) if turns else None
             if alone is not None:
-                torch.testing.assert_close(compressed.select(row).memory_embeds, alone.memory_embeds, atol=1e-5, rtol=1e-4)
+                torch.testing.assert_close(
+                    compressed.select(row).memory_embeds, alone.memory_embeds, atol=1e-5, rtol=1e-4
+                )
             else:
                 assert compressed.num_slots[row] == 0
-            losses.append(model(input_ids=torch.tensor([example["input_ids"]]), labels=torch.tensor([example["labels"]]),
-                                compressed=alone).loss)
+            losses.append(
+                model(
+                    input_ids=torch.tensor([example["input_ids"]]),
+                    labels=torch.tensor([example["labels"]]),
+                    compressed=alone,
+                ).loss
+            )
             counts.append(sum(label != -100 for label in example["labels"][1:]))
     expected = sum(loss * count for loss, count in zip(losses, counts)) / sum(counts)
     torch.testing.assert_close(batch_loss, expected, atol=1e-5, rtol=1e-5)
@@ -89,11 +103,22 @@ def test_batched_turns_equal_each_example_alone(icae):
 
 def test_trainer_learns_from_trajectories(icae, tmp_path):
     model, tokenizer = icae
-    dataset = prepare_trajectory_dataset(Dataset.from_dict({"messages": [trajectory(seed=s) for s in range(3)]}), tokenizer, model)
+    dataset = prepare_trajectory_dataset(
+        Dataset.from_dict({"messages": [trajectory(seed=s) for s in range(3)]}), tokenizer, model
+    )
     assert len(dataset) == 9
     before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_A" in n or "memory_token_embed" in n}
-    args = ICAETrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], disable_tqdm=True, save_strategy="no",
-                                 per_device_train_batch_size=3, max_steps=3, learning_rate=1e-2, logging_steps=1)
+    args = ICAETrainingArguments(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        report_to=[],
+        disable_tqdm=True,
+        save_strategy="no",
+        per_device_train_batch_size=3,
+        max_steps=3,
+        learning_rate=1e-2,
+        logging_steps=1,
+    )
     trainer = ICAETrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]

@@ -21,8 +21,12 @@ def build_icae(text_config, tokenizer, seed=0, lora_b_std=0.0):
     torch.manual_seed(seed)
     tokenizer = copy.deepcopy(tokenizer)
     model = ICAEForCausalLM.from_base_model(
-        AutoModelForCausalLM.from_config(text_config), tokenizer=tokenizer, num_memory_tokens=4,
-        mean_compression_rate=4, lora_r=4, lora_dropout=0.0,
+        AutoModelForCausalLM.from_config(text_config),
+        tokenizer=tokenizer,
+        num_memory_tokens=4,
+        mean_compression_rate=4,
+        lora_r=4,
+        lora_dropout=0.0,
     )
     if lora_b_std:
         with torch.no_grad():
@@ -35,9 +39,21 @@ def build_icae(text_config, tokenizer, seed=0, lora_b_std=0.0):
 def training_args(output_dir, **overrides):
     """Quiet CPU arguments for a few steps on 32-token windows, half of them LM continuation."""
     kwargs = dict(
-        output_dir=str(output_dir), use_cpu=True, report_to=[], disable_tqdm=True, save_strategy="no",
-        per_device_train_batch_size=2, max_steps=4, learning_rate=1e-2, logging_steps=1, dataloader_num_workers=0,
-        model_max_length=32, lm_ratio=0.5, min_tokens_for_lm=8, leave_tokens_for_lm=2, seed=0,
+        output_dir=str(output_dir),
+        use_cpu=True,
+        report_to=[],
+        disable_tqdm=True,
+        save_strategy="no",
+        per_device_train_batch_size=2,
+        max_steps=4,
+        learning_rate=1e-2,
+        logging_steps=1,
+        dataloader_num_workers=0,
+        model_max_length=32,
+        lm_ratio=0.5,
+        min_tokens_for_lm=8,
+        leave_tokens_for_lm=2,
+        seed=0,
     )
     kwargs.update(overrides)
     return ICAETrainingArguments(**kwargs)

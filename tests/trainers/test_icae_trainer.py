@@ -1,3 +1,4 @@
+import copy
 import json
 
 import pytest
@@ -7,7 +8,7 @@ from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, TrainerCallback
 
 from context_compression import ICAEForCausalLM
-from context_compression.trainers import ICAEDataCollator, ICAETrainer, ICAETrainingArguments
+from context_compression.trainers import ICAEDataCollator, ICAETrainer
 
 
 def trainable(model):
@@ -72,6 +73,23 @@ def test_activation_checkpointing_gives_the_same_step(make_icae, make_args, pret
         assert model.is_activation_checkpointing == checkpointing
         results.append(trainable(model))
     assert all(not torch.equal(results[0][name], initial[name]) for name in initial)
+    assert_same_parameters(results[1], results[0], atol=1e-5, rtol=1e-4)
+
+
+def test_gradient_accumulation_equals_a_larger_batch(make_icae, make_args, pretraining_data):
+    """The loss is averaged over all target tokens of the accumulated batch, not per micro-batch."""
+    results = []
+    for batch_size, accumulation in ((4, 1), (2, 2)):
+        model, tokenizer = make_icae(lora_b_std=0.5)
+        args = make_args(
+            max_steps=1,
+            optim="sgd",
+            learning_rate=1.0,
+            per_device_train_batch_size=batch_size,
+            gradient_accumulation_steps=accumulation,
+        )
+        ICAETrainer(model=model, args=args, train_dataset=pretraining_data, processing_class=tokenizer).train()
+        results.append(trainable(model))
     assert_same_parameters(results[1], results[0], atol=1e-5, rtol=1e-4)
 
 
@@ -144,16 +162,18 @@ def test_restore_from_an_original_icae_file(make_icae, make_args, tmp_path):
     }
     save_file(original, tmp_path / "icae.safetensors")
     model, _ = make_icae(seed=4)
-    trainer = ICAETrainer(model=model, args=make_args(restore_from=str(tmp_path / "icae.safetensors")), processing_class=tokenizer)
+    trainer = ICAETrainer(
+        model=model, args=make_args(restore_from=str(tmp_path / "icae.safetensors")), processing_class=tokenizer
+    )
     assert_same_parameters(trainable(trainer.model), trainable(source), atol=0, rtol=0)
 
 
-def test_wraps_a_base_language_model(tiny_llama_config, tiny_tokenizer, make_args, make_icae):
-    import copy
-
+def test_wraps_a_base_language_model(tiny_llama_config, tiny_tokenizer, make_args, make_icae, tmp_path):
     tokenizer = copy.deepcopy(tiny_tokenizer)
     base = AutoModelForCausalLM.from_config(tiny_llama_config)
-    trainer = ICAETrainer(model=base, args=make_args(num_memory_tokens=2, mean_compression_rate=3), processing_class=tokenizer)
+    trainer = ICAETrainer(
+        model=base, args=make_args(num_memory_tokens=2, mean_compression_rate=3), processing_class=tokenizer
+    )
     assert isinstance(trainer.model, ICAEForCausalLM)
     assert (trainer.model.config.num_memory_tokens, trainer.model.config.mean_compression_rate) == (2, 3)
     assert trainer.model.config.memory_token_id == tokenizer.convert_tokens_to_ids("<MEM>")
@@ -166,6 +186,21 @@ def test_wraps_a_base_language_model(tiny_llama_config, tiny_tokenizer, make_arg
         ICAETrainer(model=icae, args=make_args(num_memory_tokens=8), processing_class=tokenizer)
 
 
+def test_model_given_as_a_path(tiny_llama_config, tiny_tokenizer, make_args, make_icae, tmp_path):
+    """A path to a base LM is wrapped; a path to an ICAE folder is loaded as it is."""
+    base = AutoModelForCausalLM.from_config(tiny_llama_config)
+    base.save_pretrained(tmp_path / "base")
+    tokenizer = copy.deepcopy(tiny_tokenizer)
+    wrapped = ICAETrainer(model=str(tmp_path / "base"), args=make_args(), processing_class=tokenizer).model
+    assert isinstance(wrapped, ICAEForCausalLM)
+    torch.testing.assert_close(wrapped.get_input_embeddings().weight, base.get_input_embeddings().weight)
+
+    icae, tokenizer = make_icae(lora_b_std=0.5)
+    icae.save_pretrained(tmp_path / "icae")
+    loaded = ICAETrainer(model=str(tmp_path / "icae"), args=make_args(), processing_class=tokenizer).model
+    assert_same_parameters(dict(loaded.named_parameters()), dict(icae.named_parameters()), atol=0, rtol=0)
+
+
 def test_accepts_the_users_collator(make_icae, make_args, pretraining_data):
     class CountingCollator(ICAEDataCollator):
         calls = 0
@@ -176,8 +211,13 @@ def test_accepts_the_users_collator(make_icae, make_args, pretraining_data):
 
     model, tokenizer = make_icae()
     collator = CountingCollator(pad_to_multiple_of=8)
-    trainer = ICAETrainer(model=model, args=make_args(max_steps=2), train_dataset=pretraining_data,
-                          data_collator=collator, processing_class=tokenizer)
+    trainer = ICAETrainer(
+        model=model,
+        args=make_args(max_steps=2),
+        train_dataset=pretraining_data,
+        data_collator=collator,
+        processing_class=tokenizer,
+    )
     assert trainer.data_collator is collator
     trainer.train()
     assert CountingCollator.calls >= 2
@@ -186,8 +226,12 @@ def test_accepts_the_users_collator(make_icae, make_args, pretraining_data):
 def _bf16_steps(make_icae, make_args, pretraining_data, **device_args):
     model, tokenizer = make_icae()
     initial = trainable(model)
-    trainer = ICAETrainer(model=model, args=make_args(max_steps=2, bf16=True, **device_args),
-                          train_dataset=pretraining_data, processing_class=tokenizer)
+    trainer = ICAETrainer(
+        model=model,
+        args=make_args(max_steps=2, bf16=True, **device_args),
+        train_dataset=pretraining_data,
+        processing_class=tokenizer,
+    )
     trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))

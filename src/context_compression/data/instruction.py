@@ -31,7 +31,9 @@ def prepare_instruction_dataset(
     """
     missing = [column for column in COLUMNS if column not in dataset.column_names]
     if missing:
-        raise ValueError(f"Instruction data needs the columns {list(COLUMNS)}; {missing} missing from {dataset.column_names}.")
+        raise ValueError(
+            f"Instruction data needs the columns {list(COLUMNS)}; {missing} missing from {dataset.column_names}."
+        )
     if tokenizer.eos_token_id is None:
         raise ValueError("The tokenizer has no eos token; answers end with it. Set `tokenizer.eos_token`.")
     model.check_tokenizer(tokenizer)

@@ -18,7 +18,9 @@ from datasets.fingerprint import Hasher
 from ..modeling.icae.modeling_icae import num_segments
 
 
-def prepare_pretraining_dataset(dataset: Dataset, tokenizer, model, args, *, seed: int | None = None, num_proc: int | None = None) -> Dataset:
+def prepare_pretraining_dataset(
+    dataset: Dataset, tokenizer, model, args, *, seed: int | None = None, num_proc: int | None = None
+) -> Dataset:
     """
     Map a dataset with a `text` column to ICAE pretraining examples (`context_input_ids`, `input_ids`, `labels`).
 
@@ -56,7 +58,13 @@ def prepare_pretraining_dataset(dataset: Dataset, tokenizer, model, args, *, see
 
     options = {
         name: getattr(args, name)
-        for name in ("lm_ratio", "min_tokens_for_lm", "leave_tokens_for_lm", "add_special_token_for_lm", "model_max_length")
+        for name in (
+            "lm_ratio",
+            "min_tokens_for_lm",
+            "leave_tokens_for_lm",
+            "add_special_token_for_lm",
+            "model_max_length",
+        )
     }
 
     def build(ids, index):

@@ -75,7 +75,9 @@ def trajectory_examples(
             ids = tokenizer(content, add_special_tokens=False)["input_ids"][:limit]
             if len(ids) >= max(threshold, 1):
                 contexts.append(ids)
-                content = config.memory_token * (num_segments(len(ids), config.segment_capacity) * config.num_memory_tokens)
+                content = config.memory_token * (
+                    num_segments(len(ids), config.segment_capacity) * config.num_memory_tokens
+                )
         rendered.append({"role": role, "content": content})
     return examples
 
@@ -94,19 +96,29 @@ def prepare_trajectory_dataset(dataset: Dataset, tokenizer, model, **kwargs) -> 
         raise ValueError(f"Trajectories need a `messages` column; the dataset has {dataset.column_names}.")
 
     def build(batch):
-        rows = [row for messages in batch["messages"] for row in trajectory_examples(messages, tokenizer, model, **kwargs)]
+        rows = [
+            row for messages in batch["messages"] for row in trajectory_examples(messages, tokenizer, model, **kwargs)
+        ]
         return {key: [row[key] for row in rows] for key in ("context_input_ids", "input_ids", "labels")}
 
     # The transform holds the model, which `datasets` should neither hash nor pickle: name the result ourselves.
-    fingerprint = Hasher.hash([dataset._fingerprint, "icae-trajectory", model.config.to_json_string(), tokenizer, kwargs])
+    fingerprint = Hasher.hash(
+        [dataset._fingerprint, "icae-trajectory", model.config.to_json_string(), tokenizer, kwargs]
+    )
     return dataset.map(
-        build, batched=True, remove_columns=dataset.column_names, new_fingerprint=fingerprint,
+        build,
+        batched=True,
+        remove_columns=dataset.column_names,
+        new_fingerprint=fingerprint,
         desc="Building ICAE trajectory examples",
     )
 
 
 def compress_turns(
-    model, context_input_ids: torch.LongTensor | None, context_attention_mask: torch.LongTensor | None, context_turns: torch.LongTensor
+    model,
+    context_input_ids: torch.LongTensor | None,
+    context_attention_mask: torch.LongTensor | None,
+    context_turns: torch.LongTensor,
 ) -> CompressedContext | None:
     """
     Accumulated memory per example from a batch of turns: `context_input_ids` holds every compressed turn of the

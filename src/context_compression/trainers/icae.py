@@ -47,7 +47,9 @@ class ICAETrainingArguments(TrainingArguments):
     )
     min_tokens_for_lm: int = field(
         default=64,
-        metadata={"help": "An LM example needs a continuation longer than this; shorter ones fall back to autoencoding."},
+        metadata={
+            "help": "An LM example needs a continuation longer than this; shorter ones fall back to autoencoding."
+        },
     )
     leave_tokens_for_lm: int = field(
         default=8,
@@ -119,7 +121,9 @@ class ICAETrainer(Trainer):
     [`~context_compression.data.prepare_trajectory_dataset`].
     """
 
-    def __init__(self, model=None, args: ICAETrainingArguments | None = None, data_collator=None, processing_class=None, **kwargs):
+    def __init__(
+        self, model=None, args: ICAETrainingArguments | None = None, data_collator=None, processing_class=None, **kwargs
+    ):
         args = args if args is not None else ICAETrainingArguments()
         if not isinstance(args, ICAETrainingArguments):
             raise ValueError(
@@ -133,7 +137,9 @@ class ICAETrainer(Trainer):
             model.check_tokenizer(processing_class)
         if data_collator is None:
             data_collator = ICAEDataCollator(pad_token_id=_pad_token_id(model, processing_class))
-        super().__init__(model=model, args=args, data_collator=data_collator, processing_class=processing_class, **kwargs)
+        super().__init__(
+            model=model, args=args, data_collator=data_collator, processing_class=processing_class, **kwargs
+        )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The model's loss; a trajectory batch first gets each example's accumulated memory from its turns."""
