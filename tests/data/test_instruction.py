@@ -1,27 +1,14 @@
-import copy
 import math
 
 import pytest
 import torch
 from datasets import Dataset, load_dataset
-from transformers import AutoModelForCausalLM
 
-from context_compression import ICAEForCausalLM
 from context_compression.data import PWC_DEV_PATH
 from context_compression.data.instruction import prepare_instruction_dataset
 from context_compression.trainers import ICAEDataCollator
 
-MEMORY, RATE, WINDOW = 4, 4, 50
-
-
-@pytest.fixture
-def icae(tiny_llama_config, tiny_tokenizer):
-    tokenizer = copy.deepcopy(tiny_tokenizer)
-    lm = AutoModelForCausalLM.from_config(tiny_llama_config)
-    model = ICAEForCausalLM.from_base_model(
-        lm, tokenizer=tokenizer, num_memory_tokens=MEMORY, mean_compression_rate=RATE, lora_r=4
-    )
-    return model.eval(), tokenizer
+MEMORY, RATE, WINDOW = 4, 2, 50
 
 
 @pytest.fixture

@@ -1,26 +1,13 @@
-import copy
 import math
 
 import pytest
 from datasets import Dataset
-from transformers import AutoModelForCausalLM
 
-from context_compression import ICAEForCausalLM
 from context_compression.data import generate_corpus
 from context_compression.data.pretrain import prepare_pretraining_dataset
 from context_compression.trainers import ICAETrainingArguments
 
-MEMORY, RATE = 4, 4  # 16 context tokens per segment
-
-
-@pytest.fixture
-def icae(tiny_llama_config, tiny_tokenizer):
-    tokenizer = copy.deepcopy(tiny_tokenizer)
-    lm = AutoModelForCausalLM.from_config(tiny_llama_config)
-    model = ICAEForCausalLM.from_base_model(
-        lm, tokenizer=tokenizer, num_memory_tokens=MEMORY, mean_compression_rate=RATE, lora_r=4
-    )
-    return model, tokenizer
+MEMORY, RATE = 4, 2  # the shared `icae` fixture: 8 context tokens per segment
 
 
 @pytest.fixture

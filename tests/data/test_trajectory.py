@@ -4,28 +4,13 @@ import math
 import pytest
 import torch
 from datasets import Dataset
-from transformers import AutoModelForCausalLM
 
-from context_compression import CompressedContext, ICAEForCausalLM
+from context_compression import CompressedContext
 from context_compression.data import generate_corpus
 from context_compression.data.trajectory import compress_turns, prepare_trajectory_dataset, trajectory_examples
 from context_compression.trainers import ICAEDataCollator, ICAETrainer, ICAETrainingArguments
 
-MEMORY, RATE = 4, 4
-
-
-@pytest.fixture
-def icae(tiny_llama_config, tiny_tokenizer):
-    tokenizer = copy.deepcopy(tiny_tokenizer)
-    lm = AutoModelForCausalLM.from_config(tiny_llama_config)
-    model = ICAEForCausalLM.from_base_model(
-        lm, tokenizer=tokenizer, num_memory_tokens=MEMORY, mean_compression_rate=RATE, lora_r=4, lora_dropout=0.0
-    )
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(std=0.5)
-    return model.eval(), tokenizer
+MEMORY, RATE = 4, 2
 
 
 def trajectory(seed, turns=3):

@@ -1,39 +1,12 @@
-"""A tiny trainable ICAE and pretraining data for trainer tests."""
-
-import copy
+"""Tiny ICAEs, training arguments and pretraining data for trainer tests."""
 
 import pytest
 import torch
 from datasets import Dataset
-from transformers import AutoModelForCausalLM
 
-from context_compression import ICAEForCausalLM
 from context_compression.data import generate_corpus
 from context_compression.data.pretrain import prepare_pretraining_dataset
 from context_compression.trainers import ICAETrainingArguments
-
-
-def build_icae(text_config, tokenizer, seed=0, lora_b_std=0.0):
-    """A fresh ICAE (same weights for the same seed) with its own copy of the tokenizer.
-
-    `lora_b_std > 0` randomises LoRA B, so the encoder differs from the decoder and every LoRA weight has a gradient.
-    """
-    torch.manual_seed(seed)
-    tokenizer = copy.deepcopy(tokenizer)
-    model = ICAEForCausalLM.from_base_model(
-        AutoModelForCausalLM.from_config(text_config),
-        tokenizer=tokenizer,
-        num_memory_tokens=4,
-        mean_compression_rate=4,
-        lora_r=4,
-        lora_dropout=0.0,
-    )
-    if lora_b_std:
-        with torch.no_grad():
-            for name, param in model.named_parameters():
-                if "lora_B" in name:
-                    param.normal_(std=lora_b_std)
-    return model, tokenizer
 
 
 def training_args(output_dir, **overrides):
@@ -60,9 +33,15 @@ def training_args(output_dir, **overrides):
 
 
 @pytest.fixture
-def make_icae(tiny_tokenizer, tiny_llama_config):
-    """`make_icae(seed=0, lora_b_std=0.0) -> (model, tokenizer)`."""
-    return lambda **kwargs: build_icae(tiny_llama_config, tiny_tokenizer, **kwargs)
+def new_icae(make_icae, tiny_llama_config):
+    """`new_icae(seed=0) -> (model, tokenizer)`: the shared tiny ICAE (random LoRA B, so every LoRA weight has a
+    gradient) with 16 context tokens per 4 memory slots; the same seed gives the same weights."""
+
+    def build(seed=0):
+        torch.manual_seed(seed)
+        return make_icae(tiny_llama_config, mean_compression_rate=4)
+
+    return build
 
 
 @pytest.fixture
@@ -72,8 +51,8 @@ def make_args(tmp_path):
 
 
 @pytest.fixture
-def pretraining_data(make_icae, make_args):
-    """Eight pretraining examples, built with the tokenizer of `make_icae()`."""
-    model, tokenizer = make_icae()
+def pretraining_data(new_icae, make_args):
+    """Eight pretraining examples, built with the tokenizer of `new_icae()`."""
+    model, tokenizer = new_icae()
     texts = Dataset.from_dict({"text": generate_corpus(8, seed=1)})
     return prepare_pretraining_dataset(texts, tokenizer, model, make_args())

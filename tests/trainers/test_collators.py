@@ -42,9 +42,9 @@ def test_bad_input_is_refused():
         ICAEDataCollator()([{"input_ids": [1], "labels": [1]}])
 
 
-def test_batch_loss_is_the_token_weighted_mean_of_row_losses(make_icae, pretraining_data):
+def test_batch_loss_is_the_token_weighted_mean_of_row_losses(new_icae, pretraining_data):
     """Padding changes nothing: the batch loss averages over the real target tokens of both rows."""
-    model, _ = make_icae(lora_b_std=0.5)
+    model, _ = new_icae()
     collator = ICAEDataCollator(pad_token_id=0)
     rows = [pretraining_data[0], pretraining_data[5]]
     assert len(rows[0]["input_ids"]) != len(rows[1]["input_ids"])  # padding is exercised

@@ -38,8 +38,8 @@ def test_invalid_arguments_are_refused(make_args, overrides, message):
         make_args(**overrides)
 
 
-def test_training_lowers_loss_and_updates_only_encoder_and_memory(make_icae, make_args, pretraining_data):
-    model, tokenizer = make_icae()
+def test_training_lowers_loss_and_updates_only_encoder_and_memory(new_icae, make_args, pretraining_data):
+    model, tokenizer = new_icae()
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     args = make_args(max_steps=12, learning_rate=3e-2, lr_scheduler_type="constant")
     trainer = ICAETrainer(model=model, args=args, train_dataset=pretraining_data, processing_class=tokenizer)
@@ -56,17 +56,17 @@ def test_training_lowers_loss_and_updates_only_encoder_and_memory(make_icae, mak
         assert changed == (name in trained), name
 
 
-def test_unfrozen_backbone_trains_everything(make_icae, make_args):
-    model, tokenizer = make_icae()
+def test_unfrozen_backbone_trains_everything(new_icae, make_args):
+    model, tokenizer = new_icae()
     ICAETrainer(model=model, args=make_args(freeze_backbone=False), processing_class=tokenizer)
     assert all(param.requires_grad for param in model.parameters())
 
 
-def test_activation_checkpointing_gives_the_same_step(make_icae, make_args, pretraining_data):
+def test_activation_checkpointing_gives_the_same_step(new_icae, make_args, pretraining_data):
     """Plain SGD, so the step is proportional to the gradient: a wrong checkpointed gradient would show."""
     results = []
     for checkpointing in (False, True):
-        model, tokenizer = make_icae(lora_b_std=0.5)
+        model, tokenizer = new_icae()
         initial = trainable(model)
         args = make_args(max_steps=1, optim="sgd", learning_rate=1.0, activation_checkpointing=checkpointing)
         ICAETrainer(model=model, args=args, train_dataset=pretraining_data, processing_class=tokenizer).train()
@@ -76,11 +76,11 @@ def test_activation_checkpointing_gives_the_same_step(make_icae, make_args, pret
     assert_same_parameters(results[1], results[0], atol=1e-5, rtol=1e-4)
 
 
-def test_gradient_accumulation_equals_a_larger_batch(make_icae, make_args, pretraining_data):
+def test_gradient_accumulation_equals_a_larger_batch(new_icae, make_args, pretraining_data):
     """The loss is averaged over all target tokens of the accumulated batch, not per micro-batch."""
     results = []
     for batch_size, accumulation in ((4, 1), (2, 2)):
-        model, tokenizer = make_icae(lora_b_std=0.5)
+        model, tokenizer = new_icae()
         args = make_args(
             max_steps=1,
             optim="sgd",
@@ -104,30 +104,30 @@ class StopAt(TrainerCallback):
             control.should_training_stop = True
 
 
-def test_resuming_from_a_checkpoint_reproduces_uninterrupted_training(make_icae, make_args, pretraining_data, tmp_path):
+def test_resuming_from_a_checkpoint_reproduces_uninterrupted_training(new_icae, make_args, pretraining_data, tmp_path):
     settings = dict(max_steps=6, save_strategy="steps", save_steps=3, lm_ratio=0.5)
 
-    model, tokenizer = make_icae()
+    model, tokenizer = new_icae()
     args = make_args(output_dir=str(tmp_path / "straight"), **settings)
     ICAETrainer(model=model, args=args, train_dataset=pretraining_data, processing_class=tokenizer).train()
     straight = trainable(model)
 
-    model, tokenizer = make_icae()
+    model, tokenizer = new_icae()
     args = make_args(output_dir=str(tmp_path / "interrupted"), **settings)
     trainer = ICAETrainer(model=model, args=args, train_dataset=pretraining_data, processing_class=tokenizer)
     trainer.add_callback(StopAt(3))
     trainer.train()
     assert trainer.state.global_step == 3
 
-    model, tokenizer = make_icae(seed=1)  # different initial weights: the checkpoint must restore everything
+    model, tokenizer = new_icae(seed=1)  # different initial weights: the checkpoint must restore everything
     trainer = ICAETrainer(model=model, args=args, train_dataset=pretraining_data, processing_class=tokenizer)
     trainer.train(resume_from_checkpoint=str(tmp_path / "interrupted" / "checkpoint-3"))
     assert trainer.state.global_step == 6
     assert_same_parameters(trainable(model), straight)
 
 
-def test_checkpoints_are_safetensors_of_the_icae(make_icae, make_args, pretraining_data, tmp_path):
-    model, tokenizer = make_icae()
+def test_checkpoints_are_safetensors_of_the_icae(new_icae, make_args, pretraining_data, tmp_path):
+    model, tokenizer = new_icae()
     args = make_args(max_steps=2, save_strategy="steps", save_steps=2)
     ICAETrainer(model=model, args=args, train_dataset=pretraining_data, processing_class=tokenizer).train()
     checkpoint = tmp_path / "out" / "checkpoint-2"
@@ -140,8 +140,8 @@ def test_checkpoints_are_safetensors_of_the_icae(make_icae, make_args, pretraini
     assert_same_parameters(dict(reloaded.named_parameters()), dict(model.named_parameters()), atol=0, rtol=0)
 
 
-def test_restore_from_an_icae_folder(make_icae, make_args, pretraining_data, tmp_path):
-    saved, tokenizer = make_icae(seed=3, lora_b_std=0.5)
+def test_restore_from_an_icae_folder(new_icae, make_args, pretraining_data, tmp_path):
+    saved, tokenizer = new_icae(seed=3)
     saved.save_pretrained(tmp_path / "icae")
     trainer = ICAETrainer(args=make_args(restore_from=str(tmp_path / "icae")), processing_class=tokenizer)
     assert_same_parameters(dict(trainer.model.named_parameters()), dict(saved.named_parameters()), atol=0, rtol=0)
@@ -152,23 +152,23 @@ def test_restore_from_an_icae_folder(make_icae, make_args, pretraining_data, tmp
         ICAETrainer(model=saved, args=make_args(restore_from=str(tmp_path / "icae")))
 
 
-def test_restore_from_an_original_icae_file(make_icae, make_args, tmp_path):
+def test_restore_from_an_original_icae_file(new_icae, make_args, tmp_path):
     """A released-format file (LoRA under `icae.base_model.model.`, memory embeddings) loads into the given model."""
-    source, tokenizer = make_icae(seed=3, lora_b_std=0.5)
+    source, tokenizer = new_icae(seed=3)
     original = {
         name.replace("language_model.", "icae.base_model.model.", 1): param.detach().contiguous()
         for name, param in source.named_parameters()
         if "lora_" in name or name.startswith("memory_token_embed.")
     }
     save_file(original, tmp_path / "icae.safetensors")
-    model, _ = make_icae(seed=4)
+    model, _ = new_icae(seed=4)
     trainer = ICAETrainer(
         model=model, args=make_args(restore_from=str(tmp_path / "icae.safetensors")), processing_class=tokenizer
     )
     assert_same_parameters(trainable(trainer.model), trainable(source), atol=0, rtol=0)
 
 
-def test_wraps_a_base_language_model(tiny_llama_config, tiny_tokenizer, make_args, make_icae, tmp_path):
+def test_wraps_a_base_language_model(tiny_llama_config, tiny_tokenizer, make_args, new_icae, tmp_path):
     tokenizer = copy.deepcopy(tiny_tokenizer)
     base = AutoModelForCausalLM.from_config(tiny_llama_config)
     trainer = ICAETrainer(
@@ -181,12 +181,12 @@ def test_wraps_a_base_language_model(tiny_llama_config, tiny_tokenizer, make_arg
 
     with pytest.raises(ValueError, match="processing_class"):
         ICAETrainer(model=AutoModelForCausalLM.from_config(tiny_llama_config), args=make_args())
-    icae, tokenizer = make_icae()
+    icae, tokenizer = new_icae()
     with pytest.raises(ValueError, match="num_memory_tokens"):
         ICAETrainer(model=icae, args=make_args(num_memory_tokens=8), processing_class=tokenizer)
 
 
-def test_model_given_as_a_path(tiny_llama_config, tiny_tokenizer, make_args, make_icae, tmp_path):
+def test_model_given_as_a_path(tiny_llama_config, tiny_tokenizer, make_args, new_icae, tmp_path):
     """A path to a base LM is wrapped; a path to an ICAE folder is loaded as it is."""
     base = AutoModelForCausalLM.from_config(tiny_llama_config)
     base.save_pretrained(tmp_path / "base")
@@ -195,13 +195,13 @@ def test_model_given_as_a_path(tiny_llama_config, tiny_tokenizer, make_args, mak
     assert isinstance(wrapped, ICAEForCausalLM)
     torch.testing.assert_close(wrapped.get_input_embeddings().weight, base.get_input_embeddings().weight)
 
-    icae, tokenizer = make_icae(lora_b_std=0.5)
+    icae, tokenizer = new_icae()
     icae.save_pretrained(tmp_path / "icae")
     loaded = ICAETrainer(model=str(tmp_path / "icae"), args=make_args(), processing_class=tokenizer).model
     assert_same_parameters(dict(loaded.named_parameters()), dict(icae.named_parameters()), atol=0, rtol=0)
 
 
-def test_accepts_the_users_collator(make_icae, make_args, pretraining_data):
+def test_accepts_the_users_collator(new_icae, make_args, pretraining_data):
     class CountingCollator(ICAEDataCollator):
         calls = 0
 
@@ -209,7 +209,7 @@ def test_accepts_the_users_collator(make_icae, make_args, pretraining_data):
             CountingCollator.calls += 1
             return super().__call__(examples)
 
-    model, tokenizer = make_icae()
+    model, tokenizer = new_icae()
     collator = CountingCollator(pad_to_multiple_of=8)
     trainer = ICAETrainer(
         model=model,
@@ -223,8 +223,8 @@ def test_accepts_the_users_collator(make_icae, make_args, pretraining_data):
     assert CountingCollator.calls >= 2
 
 
-def _bf16_steps(make_icae, make_args, pretraining_data, **device_args):
-    model, tokenizer = make_icae()
+def _bf16_steps(new_icae, make_args, pretraining_data, **device_args):
+    model, tokenizer = new_icae()
     initial = trainable(model)
     trainer = ICAETrainer(
         model=model,
@@ -238,11 +238,11 @@ def _bf16_steps(make_icae, make_args, pretraining_data, **device_args):
     assert any(not torch.equal(p.cpu(), initial[name]) for name, p in trainable(model).items())
 
 
-def test_bf16_autocast_on_cpu(make_icae, make_args, pretraining_data):
+def test_bf16_autocast_on_cpu(new_icae, make_args, pretraining_data):
     """torch autocasts to bfloat16 on CPU too, so `bf16=True` trains there (slowly) rather than being refused."""
-    _bf16_steps(make_icae, make_args, pretraining_data)
+    _bf16_steps(new_icae, make_args, pretraining_data)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_bf16_and_activation_checkpointing_on_gpu(make_icae, make_args, pretraining_data):
-    _bf16_steps(make_icae, make_args, pretraining_data, use_cpu=False, activation_checkpointing=True)
+def test_bf16_and_activation_checkpointing_on_gpu(new_icae, make_args, pretraining_data):
+    _bf16_steps(new_icae, make_args, pretraining_data, use_cpu=False, activation_checkpointing=True)
