@@ -9,15 +9,11 @@ import os
 from dataclasses import dataclass, field
 
 from transformers import AutoConfig, PreTrainedModel, Trainer, TrainingArguments
-from transformers.utils import logging
 
 from ..data.trajectory import compress_turns
 from ..modeling.icae import ICAEConfig, ICAEForCausalLM
 from ..modeling.icae.convert_icae_original_to_hf import load_original_state_dict
 from .collators import ICAEDataCollator
-
-
-logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -142,7 +138,11 @@ class ICAETrainer(Trainer):
         )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """The model's loss; a trajectory batch first gets each example's accumulated memory from its turns."""
+        """
+        The model's loss; a trajectory batch first gets each example's accumulated memory from its turns. Those are
+        compressed through the unwrapped model, which suits DDP; with FSDP, whose parameters are gathered only inside
+        the wrapped forward, the model itself would have to take the turns.
+        """
         if "context_turns" in inputs:
             inputs = dict(inputs)
             inputs["compressed"] = compress_turns(
