@@ -7,7 +7,7 @@ from datasets import Dataset
 
 from context_compression import CompressedContext
 from context_compression.data import generate_corpus
-from context_compression.data.trajectory import compress_turns, prepare_trajectory_dataset, trajectory_examples
+from context_compression.data.trajectory import prepare_trajectory_dataset, trajectory_examples
 from context_compression.trainers import ICAEDataCollator, ICAETrainer, ICAETrainingArguments
 
 MEMORY, RATE = 4, 2
@@ -47,7 +47,7 @@ def test_one_example_per_action_with_the_turns_so_far(icae):
 
 
 def test_batched_turns_equal_each_example_alone(icae):
-    """compress_turns on a padded batch of turns = each example's turns compressed alone and concatenated."""
+    """model.compress_turns on a padded batch of turns = each example's turns compressed alone and concatenated."""
     model, tokenizer = icae
     examples = trajectory_examples(trajectory(seed=1), tokenizer, model) + trajectory_examples(
         [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}], tokenizer, model
@@ -55,14 +55,14 @@ def test_batched_turns_equal_each_example_alone(icae):
     batch = ICAEDataCollator(pad_token_id=tokenizer.pad_token_id)(examples)
     assert batch["context_turns"].tolist() == [1, 1, 2, 0]
     with torch.no_grad():
-        compressed = compress_turns(
-            model, batch["context_input_ids"], batch["context_attention_mask"], batch["context_turns"]
-        )
+        compressed = model.compress_turns(batch["context_input_ids"], batch["context_attention_mask"], batch["context_turns"])
         batch_loss = model(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
             labels=batch["labels"],
-            compressed=compressed,
+            context_input_ids=batch["context_input_ids"],
+            context_attention_mask=batch["context_attention_mask"],
+            context_turns=batch["context_turns"],
         ).loss
         losses, counts = [], []
         for row, example in enumerate(examples):

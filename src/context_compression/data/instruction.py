@@ -9,7 +9,7 @@ keeps training and inference prompts identical.
 from datasets import Dataset
 from datasets.fingerprint import Hasher
 
-from ..modeling.icae.modeling_icae import num_segments
+from ..modeling.icae.modeling_icae import build_prompt_ids, num_segments
 
 
 COLUMNS = ("input", "prompt", "answer")
@@ -37,15 +37,16 @@ def prepare_instruction_dataset(
     if tokenizer.eos_token_id is None:
         raise ValueError("The tokenizer has no eos token; answers end with it. Set `tokenizer.eos_token`.")
     model.check_tokenizer(tokenizer)
+    config = model.config
     if max_context_length is None:
-        max_context_length = model.config.max_context_length
+        max_context_length = config.max_context_length
 
     def build(context: str, prompt: str, answer: str) -> dict[str, list[int]]:
         context_ids = tokenizer(context, add_special_tokens=False)["input_ids"][:max_context_length]
         if not context_ids:
             raise ValueError(f"An example has an empty `input` (prompt {prompt!r}); drop it or give it a context.")
-        num_slots = num_segments(len(context_ids), model.config.segment_capacity) * model.config.num_memory_tokens
-        prompt_ids = model._prompt_ids(tokenizer, num_slots, prompt, "ft")
+        num_slots = num_segments(len(context_ids), config.segment_capacity) * config.num_memory_tokens
+        prompt_ids = build_prompt_ids(config, tokenizer, num_slots, prompt, "ft")
         answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         return {
             "context_input_ids": context_ids,
@@ -53,9 +54,9 @@ def prepare_instruction_dataset(
             "labels": [-100] * len(prompt_ids) + answer_ids,
         }
 
-    # The transform holds the model, which `datasets` should neither hash nor pickle: name the result ourselves.
+    # `datasets` cannot hash the tokenizer-holding transform reliably: name the result ourselves.
     fingerprint = Hasher.hash(
-        [dataset._fingerprint, "icae-instruction", model.config.to_json_string(), tokenizer, max_context_length]
+        [dataset._fingerprint, "icae-instruction", config.to_json_string(), tokenizer, max_context_length]
     )
     return dataset.map(
         build,

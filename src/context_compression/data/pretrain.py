@@ -15,7 +15,7 @@ import random
 from datasets import Dataset
 from datasets.fingerprint import Hasher
 
-from ..modeling.icae.modeling_icae import num_segments
+from ..modeling.icae.modeling_icae import build_prompt_ids, num_segments
 
 
 def prepare_pretraining_dataset(
@@ -67,12 +67,14 @@ def prepare_pretraining_dataset(
         )
     }
 
-    def build(ids, index):
-        return _pretraining_example(ids, random.Random(f"{seed}:{index}"), tokenizer, model, **options)
+    config = model.config
 
-    # The transform holds the model, which `datasets` should neither hash nor pickle: name the result ourselves.
+    def build(ids, index):
+        return _pretraining_example(ids, random.Random(f"{seed}:{index}"), tokenizer, config, **options)
+
+    # `datasets` cannot hash the tokenizer-holding transform reliably: name the result ourselves.
     fingerprint = Hasher.hash(
-        [tokenized._fingerprint, "icae-pretraining", model.config.to_json_string(), options, seed]
+        [tokenized._fingerprint, "icae-pretraining", config.to_json_string(), options, seed]
     )
     return tokenized.map(
         build,
@@ -88,7 +90,7 @@ def _pretraining_example(
     ids: list[int],
     rng: random.Random,
     tokenizer,
-    model,
+    config,
     lm_ratio: float,
     min_tokens_for_lm: int,
     leave_tokens_for_lm: int,
@@ -96,13 +98,13 @@ def _pretraining_example(
     model_max_length: int,
 ) -> dict[str, list[int]]:
     context, continuation = _draw_window(ids, rng, model_max_length, lm_ratio)
-    num_slots = num_segments(len(context), model.config.segment_capacity) * model.config.num_memory_tokens
+    num_slots = num_segments(len(context), config.segment_capacity) * config.num_memory_tokens
     if len(continuation) > min_tokens_for_lm:
-        prompt = model._prompt_ids(tokenizer, num_slots, None, "lm", lm_token=add_special_token_for_lm)
+        prompt = build_prompt_ids(config, tokenizer, num_slots, None, "lm", lm_token=add_special_token_for_lm)
         answer = continuation[:model_max_length]
         answer_labels = [-100] * leave_tokens_for_lm + answer[leave_tokens_for_lm:]
     else:
-        prompt = model._prompt_ids(tokenizer, num_slots, None, "ae")
+        prompt = build_prompt_ids(config, tokenizer, num_slots, None, "ae")
         answer = context + [tokenizer.eos_token_id]
         answer_labels = answer
     return {

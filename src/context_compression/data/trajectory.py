@@ -9,14 +9,12 @@ tokenizer's chat template, with every long user turn replaced by its memory plac
 Each user turn is compressed on its own (ceil(n_i / segment capacity) segments) and the memories of all turns so
 far are concatenated in order ([`CompressedContext.concatenate`]), as an agent would accumulate them at inference.
 Examples keep one context per compressed turn; [`ICAEDataCollator`] batches them with `context_turns` and
-[`compress_turns`] rebuilds each example's accumulated memory inside the training step.
+[`ICAEForCausalLM.compress_turns`] rebuilds each example's accumulated memory inside the model's forward.
 """
 
-import torch
 from datasets import Dataset
 from datasets.fingerprint import Hasher
 
-from ..modeling.icae import CompressedContext
 from ..modeling.icae.modeling_icae import num_segments
 
 
@@ -112,34 +110,3 @@ def prepare_trajectory_dataset(dataset: Dataset, tokenizer, model, **kwargs) -> 
         new_fingerprint=fingerprint,
         desc="Building ICAE trajectory examples",
     )
-
-
-def compress_turns(
-    model,
-    context_input_ids: torch.LongTensor | None,
-    context_attention_mask: torch.LongTensor | None,
-    context_turns: torch.LongTensor,
-) -> CompressedContext | None:
-    """
-    Accumulated memory per example from a batch of turns: `context_input_ids` holds every compressed turn of the
-    batch as a row, example after example, and `context_turns[b]` counts example `b`'s rows ([`ICAEDataCollator`]
-    lays them out so). All turns go through the encoder as one batch; each example's memory is then its turns'
-    memories, concatenated in order. Returns None when no example has a compressed turn.
-    """
-    if int(context_turns.sum()) == 0:
-        return None
-    turns = model.compress(context_input_ids, context_attention_mask)
-    first_row = torch.cumsum(context_turns, 0) - context_turns
-    by_position = []
-    for position in range(int(context_turns.max())):
-        present = context_turns > position
-        chosen = turns.select(torch.where(present, first_row + position, 0).tolist())
-        # Examples with fewer turns contribute an empty memory at this position.
-        by_position.append(
-            CompressedContext(
-                memory_embeds=chosen.memory_embeds,
-                memory_attention_mask=chosen.memory_attention_mask * present.unsqueeze(1),
-                context_lengths=chosen.context_lengths * present,
-            )
-        )
-    return CompressedContext.concatenate(*by_position)

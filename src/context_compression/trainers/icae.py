@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 
 from transformers import AutoConfig, PreTrainedModel, Trainer, TrainingArguments
 
-from ..data.trajectory import compress_turns
 from ..modeling.icae import ICAEConfig, ICAEForCausalLM
 from ..modeling.icae.convert_icae_original_to_hf import load_original_state_dict
 from .collators import ICAEDataCollator
@@ -109,8 +108,8 @@ class ICAETrainer(Trainer):
     - builds the model when given a base causal LM (or its path) instead of an ICAE, adding the memory and
       AE/LM/FT tokens to `processing_class`, or loads it from `args.restore_from`;
     - freezes the backbone (`args.freeze_backbone`), so only the LoRA encoder and the memory embeddings train;
-    - pads batches with [`ICAEDataCollator`] unless given another collator;
-    - compresses trajectory batches (those with `context_turns`) turn by turn, see [`compress_turns`].
+    - pads batches with [`ICAEDataCollator`] unless given another collator (trajectory batches carry
+      `context_turns`, which the model's forward compresses turn by turn).
 
     Datasets come from [`~context_compression.data.prepare_pretraining_dataset`],
     [`~context_compression.data.prepare_instruction_dataset`] or
@@ -136,22 +135,6 @@ class ICAETrainer(Trainer):
         super().__init__(
             model=model, args=args, data_collator=data_collator, processing_class=processing_class, **kwargs
         )
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """
-        The model's loss; a trajectory batch first gets each example's accumulated memory from its turns. Those are
-        compressed through the unwrapped model, which suits DDP; with FSDP, whose parameters are gathered only inside
-        the wrapped forward, the model itself would have to take the turns.
-        """
-        if "context_turns" in inputs:
-            inputs = dict(inputs)
-            inputs["compressed"] = compress_turns(
-                self.accelerator.unwrap_model(model),
-                inputs.pop("context_input_ids", None),
-                inputs.pop("context_attention_mask", None),
-                inputs.pop("context_turns"),
-            )
-        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
 
 def _resolve_model(model, args: ICAETrainingArguments, tokenizer) -> ICAEForCausalLM:

@@ -393,6 +393,36 @@ class ICAEForCausalLM(ICAEPreTrainedModel, GenerationMixin):
             context_lengths=torch.tensor([len(c) for c in contexts], device=input_ids.device),
         )
 
+    def compress_turns(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.LongTensor | None,
+        context_turns: torch.LongTensor,
+    ) -> CompressedContext | None:
+        """
+        Accumulated memory of turn-by-turn trajectories: `input_ids` holds every compressed turn of the batch as a
+        row, example after example, and `context_turns[b]` counts example `b`'s rows. All turns go through the
+        encoder as one batch; each example's memory is its turns' memories, concatenated in order. None when no
+        example has a compressed turn.
+        """
+        if int(context_turns.sum()) == 0:
+            return None
+        turns = self.compress(input_ids, attention_mask)
+        first_row = torch.cumsum(context_turns, 0) - context_turns
+        by_position = []
+        for position in range(int(context_turns.max())):
+            present = context_turns > position
+            chosen = turns.select(torch.where(present, first_row + position, 0).tolist())
+            # Examples with fewer turns contribute an empty memory at this position.
+            by_position.append(
+                CompressedContext(
+                    memory_embeds=chosen.memory_embeds,
+                    memory_attention_mask=chosen.memory_attention_mask * present.unsqueeze(1),
+                    context_lengths=chosen.context_lengths * present,
+                )
+            )
+        return CompressedContext.concatenate(*by_position)
+
     def _check_contexts(self, contexts: list[torch.Tensor]) -> None:
         for row, context in enumerate(contexts):
             if len(context) == 0:
@@ -460,6 +490,7 @@ class ICAEForCausalLM(ICAEPreTrainedModel, GenerationMixin):
         context_input_ids: torch.LongTensor | None = None,
         context_attention_mask: torch.LongTensor | None = None,
         compressed: CompressedContext | None = None,
+        context_turns: torch.LongTensor | None = None,
         **kwargs,
     ) -> ICAECausalLMOutputWithPast:
         r"""
@@ -469,11 +500,17 @@ class ICAEForCausalLM(ICAEPreTrainedModel, GenerationMixin):
         labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
             Targets aligned with `input_ids` (the model shifts them); -100 marks positions without loss, such as
             the prompt and the placeholders.
+        context_turns (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            For trajectories: how many rows of `context_input_ids` are each example's turns (see
+            [`~ICAEForCausalLM.compress_turns`]). Compressing inside `forward` keeps FSDP/DDP wrapping intact.
         """
         if context_input_ids is not None:
             if compressed is not None:
                 raise ValueError("Pass either `compressed` or `context_input_ids`, not both.")
-            compressed = self.compress(context_input_ids, context_attention_mask)
+            if context_turns is not None:
+                compressed = self.compress_turns(context_input_ids, context_attention_mask, context_turns)
+            else:
+                compressed = self.compress(context_input_ids, context_attention_mask)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
         if inputs_embeds is None:
@@ -550,9 +587,7 @@ class ICAEForCausalLM(ICAEPreTrainedModel, GenerationMixin):
         prompts = [prompt] * len(slots) if prompt is None or isinstance(prompt, str) else list(prompt)
         if len(prompts) != len(slots):
             raise ValueError(f"Got {len(prompts)} prompts for {len(slots)} compressed contexts; give one per row.")
-        rows = [
-            self._prompt_ids(tokenizer, n, text, mode, **kwargs) for n, text in zip(slots, prompts)
-        ]
+        rows = [build_prompt_ids(self.config, tokenizer, n, text, mode, **kwargs) for n, text in zip(slots, prompts)]
         width = max(len(row) for row in rows)
         pad_id = getattr(tokenizer, "pad_token_id", None)
         if pad_id is None:
@@ -562,33 +597,45 @@ class ICAEForCausalLM(ICAEPreTrainedModel, GenerationMixin):
         attention_mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows], device=device)
         return {"input_ids": input_ids, "attention_mask": attention_mask}
 
-    def _prompt_ids(self, tokenizer, num_slots: int, prompt: str | None, mode: str, lm_token: bool = False) -> list[int]:
-        memory = self.memory_placeholders(num_slots)
-        if mode == "ae":
-            return memory + [self.config.ae_token_id]
-        if mode == "lm":
-            return memory + ([self.config.lm_token_id] if lm_token else [])
-        if mode != "ft":
-            raise ValueError(f"Unknown prompt mode {mode!r}; use 'ae' (reconstruct), 'lm' (continue) or 'ft' (answer).")
-        if prompt is None:
-            raise ValueError("mode='ft' needs a `prompt` (the question or instruction about the context).")
-        self.check_tokenizer(tokenizer)
-        prefix, suffix = _chat_turn_around(tokenizer)
-
-        def encode(text: str) -> list[int]:
-            return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
-
-        return encode(prefix) + memory + [self.config.ft_token_id] + encode(prompt) + encode(suffix)
-
     def check_tokenizer(self, tokenizer) -> None:
         """Raise if the tokenizer's ids for this model's special tokens differ from the config's."""
-        for token, expected in self.config.special_tokens().items():
-            found = tokenizer.convert_tokens_to_ids(token)
-            if expected is None or found != expected:
-                raise ValueError(
-                    f"The tokenizer maps {token!r} to {found} but the config expects {expected}. Load the tokenizer "
-                    "saved with this model, or set the config's token ids from this tokenizer."
-                )
+        check_tokenizer(self.config, tokenizer)
+
+
+def check_tokenizer(config: ICAEConfig, tokenizer) -> None:
+    """Raise if the tokenizer's ids for the config's special tokens differ from the config's."""
+    for token, expected in config.special_tokens().items():
+        found = tokenizer.convert_tokens_to_ids(token)
+        if expected is None or found != expected:
+            raise ValueError(
+                f"The tokenizer maps {token!r} to {found} but the config expects {expected}. Load the tokenizer "
+                "saved with this model, or set the config's token ids from this tokenizer."
+            )
+
+
+def build_prompt_ids(
+    config: ICAEConfig, tokenizer, num_slots: int, prompt: str | None = None, mode: str = "ft", lm_token: bool = False
+) -> list[int]:
+    """
+    One decoder prompt's ids with `num_slots` memory placeholders (see [`ICAEForCausalLM.prepare_prompt`]). Needs
+    only the config, so dataset map functions can build training prompts without holding the model.
+    """
+    memory = [config.memory_token_id] * int(num_slots)
+    if mode == "ae":
+        return memory + [config.ae_token_id]
+    if mode == "lm":
+        return memory + ([config.lm_token_id] if lm_token else [])
+    if mode != "ft":
+        raise ValueError(f"Unknown prompt mode {mode!r}; use 'ae' (reconstruct), 'lm' (continue) or 'ft' (answer).")
+    if prompt is None:
+        raise ValueError("mode='ft' needs a `prompt` (the question or instruction about the context).")
+    check_tokenizer(config, tokenizer)
+    prefix, suffix = _chat_turn_around(tokenizer)
+
+    def encode(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+    return encode(prefix) + memory + [config.ft_token_id] + encode(prompt) + encode(suffix)
 
 
 def _checkpoint_replaying_adapter_state(checkpoint, model: ICAEForCausalLM, function, *args, **kwargs):
@@ -638,4 +685,11 @@ def _add_special_tokens(tokenizer, config_kwargs: dict) -> dict:
     return {f"{name}_id": tokenizer.convert_tokens_to_ids(token) for name, token in names.items()}
 
 
-__all__ = ["CompressedContext", "ICAECausalLMOutputWithPast", "ICAEForCausalLM", "ICAEPreTrainedModel"]
+__all__ = [
+    "CompressedContext",
+    "ICAECausalLMOutputWithPast",
+    "ICAEForCausalLM",
+    "ICAEPreTrainedModel",
+    "build_prompt_ids",
+    "check_tokenizer",
+]
