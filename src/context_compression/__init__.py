@@ -9,6 +9,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from .modeling.icae import CompressedContext, ICAECausalLMOutputWithPast, ICAEConfig, ICAEForCausalLM
 from .pipelines import ContextCompressionPipeline  # registers the "context-compression" pipeline task
+from .trainers import ICAEDataCollator, ICAETrainer, ICAETrainingArguments
 
 
 __version__ = "0.1.0"
@@ -24,6 +25,9 @@ __all__ = [
     "ContextCompressionPipeline",
     "ICAECausalLMOutputWithPast",
     "ICAEConfig",
+    "ICAEDataCollator",
     "ICAEForCausalLM",
+    "ICAETrainer",
+    "ICAETrainingArguments",
     "__version__",
 ]
