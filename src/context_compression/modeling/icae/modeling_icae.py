@@ -459,7 +459,8 @@ class ICAEForCausalLM(ICAEPreTrainedModel, GenerationMixin):
         # Where each output position reads from in `stacked`: tokens, then memory, then (unused) token padding.
         source = torch.where(is_token, position, torch.where(is_memory, token_ids.shape[1] + position - start, position - num_memory))
         inputs_embeds = stacked.gather(1, source.unsqueeze(-1).expand(-1, -1, stacked.shape[-1]))
-        attention_mask = (position < start + num_memory).long()
+        # Without padding, no mask: attention kernels then take their faster purely causal path.
+        attention_mask = None if bool((lengths == lengths[0]).all()) else (position < start + num_memory).long()
 
         if self.config.use_position_identifiers:
             memory_positions = torch.stack([memory_position_ids(int(n), num_memory, device) for n in lengths])
