@@ -14,7 +14,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import json  # noqa: E402
-import resource  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -129,7 +128,7 @@ def wrap_icae(backbone, config: BenchConfig, lora_dropout: float = 0.0, seed: in
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.02)
+                param.copy_(torch.randn(param.shape, generator=generator, device="cpu") * 0.02)
     return model.eval()
 
 
@@ -141,7 +140,7 @@ def build_icae(config: BenchConfig, lora_dropout: float = 0.0, seed: int = 0, **
 def random_context(length: int, vocab_size: int, seed: int = 0, batch_size: int = 1) -> torch.LongTensor:
     """Random ordinary token ids (the special ids sit past the vocabulary, so none is drawn)."""
     generator = torch.Generator().manual_seed(seed)
-    return torch.randint(3, vocab_size, (batch_size, length), generator=generator)
+    return torch.randint(3, vocab_size, (batch_size, length), generator=generator, device="cpu")
 
 
 def time_interleaved(fns: dict, warmup: int = 1, repeats: int = 3) -> dict[str, dict[str, float]]:
@@ -172,16 +171,25 @@ def load_average() -> float:
     return os.getloadavg()[0]
 
 
+def _proc_status_bytes(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {field} line; peak memory needs Linux.")
+
+
 def current_rss_bytes() -> int:
-    """Resident set size of this process now (Linux `/proc/self/statm`)."""
-    with open("/proc/self/statm") as f:
-        resident_pages = int(f.read().split()[1])
-    return resident_pages * os.sysconf("SC_PAGE_SIZE")
+    """Resident set size of this process now (`VmRSS`)."""
+    return _proc_status_bytes("VmRSS")
 
 
 def peak_rss_bytes() -> int:
-    """Highest resident set size this process has had (`ru_maxrss` is in KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """
+    Highest resident set size of this process image (`VmHWM`). Not `ru_maxrss`: Linux carries the parent's high-water
+    mark into a child across fork + exec, so a child started by a 2.5 GB parent reports at least 2.5 GB.
+    """
+    return _proc_status_bytes("VmHWM")
 
 
 def run_child(script: str, args: list[str]) -> dict:
