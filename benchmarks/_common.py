@@ -7,24 +7,22 @@ machines these run on are shared and noisy: an absolute time means little, a sam
 
 import os
 
-
 # OpenMP threads that spin while waiting make every op wait for a time slice when another process holds a core (a
 # 2-layer forward went from 7 ms to 570 ms on this shared 2-core machine). Passive waiting must be set before torch
-# loads OpenMP, so the scripts import this module before torch.
+# loads OpenMP, so the scripts `import _common` before torch.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import json  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
+import json
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
 
-import torch  # noqa: E402
-from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
 
-from context_compression import ICAEForCausalLM  # noqa: E402
-
+from context_compression import ICAEForCausalLM
 
 CPU_THREADS = 2
 

@@ -15,12 +15,21 @@ How fast `ICAEForCausalLM.compress` is, against two references measured in the s
 import argparse
 import math
 
-# _common before torch: it sets OMP_WAIT_POLICY, which OpenMP reads when torch loads it.
-from _common import DEFAULT, QUICK, build_icae, print_json, print_table, random_context, setup_cpu, time_interleaved
-from _common import load_average, verdict
-
+# First: _common sets OMP_WAIT_POLICY, which OpenMP reads when torch loads it.
+import _common  # noqa: F401
 import torch
-
+from _common import (
+    DEFAULT,
+    QUICK,
+    build_icae,
+    load_average,
+    print_json,
+    print_table,
+    random_context,
+    setup_cpu,
+    time_interleaved,
+    verdict,
+)
 
 FLOOR_TARGET = 1.05
 BATCH_TARGET = 1.5
@@ -92,7 +101,8 @@ def bench_single(model, config, repeats: int) -> dict:
             },
             repeats=repeats,
         )
-        difference = float((model.compress(context).memory_embeds[0] - original_compress(model, context[0])).abs().max())
+        ours, reference = model.compress(context).memory_embeds[0], original_compress(model, context[0])
+        difference = float((ours - reference).abs().max())
     cpu = times["cpu_s"]
     return {
         "context_length": config.context_length,
@@ -159,7 +169,8 @@ def bench_batch(model, config, repeats: int, batch_size: int = 8, chunk: int = 4
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run in seconds")
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls per variant (median reported)")
+    parser.add_argument("--repeats", type=int, default=7, help="(a): timed calls per variant (median reported)")
+    parser.add_argument("--batch-repeats", type=int, default=3, help="(b): timed calls per variant")
     parser.add_argument("--long-context", type=int, default=None, help="also report (a) at this length (default 2x)")
     args = parser.parse_args()
     setup_cpu()
@@ -168,7 +179,7 @@ def main() -> None:
     model = build_icae(base)
 
     single = [bench_single(model, base.with_context(n), args.repeats) for n in (base.context_length, long_context)]
-    batch = bench_batch(model, base, max(2, args.repeats - 2))
+    batch = bench_batch(model, base, args.batch_repeats)
 
     rows = []
     for result in single:
@@ -197,7 +208,7 @@ def main() -> None:
     print_table(
         f"compression, {'QUICK' if args.quick else 'default'} config ({base.num_hidden_layers} layers x "
         f"{base.hidden_size}, {base.num_memory_tokens} slots x rate {base.mean_compression_rate}), float32, "
-        f"{torch.get_num_threads()} threads, median of {args.repeats} (b: {max(2, args.repeats - 2)}), "
+        f"{torch.get_num_threads()} threads, median of {args.repeats} (b: {args.batch_repeats}), "
         f"load average {load_average():.1f}; ratios and targets use CPU time",
         rows,
         ["case", "variant", "wall s", "cpu s", "cpu / compress", "target"],

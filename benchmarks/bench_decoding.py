@@ -14,10 +14,10 @@ import argparse
 import statistics
 import time
 
-# _common before torch: it sets OMP_WAIT_POLICY, which OpenMP reads when torch loads it.
-from _common import DEFAULT, QUICK, build_icae, load_average, print_json, print_table, random_context, setup_cpu
-
+# First: _common sets OMP_WAIT_POLICY, which OpenMP reads when torch loads it.
+import _common  # noqa: F401
 import torch
+from _common import DEFAULT, QUICK, build_icae, load_average, print_json, print_table, random_context, setup_cpu
 
 
 def cache_bytes(cache) -> int:
@@ -29,20 +29,21 @@ def prefill(model, input_ids, compressed=None):
     return model(input_ids=input_ids, compressed=compressed, use_cache=True, logits_to_keep=1)
 
 
-def timed(fn):
+def timed(fn, *args, **kwargs):
+    """`fn(*args, **kwargs)`, its wall seconds and its CPU seconds (this process, all threads)."""
     wall, cpu = time.perf_counter(), time.process_time()
-    result = fn()
+    result = fn(*args, **kwargs)
     return result, time.perf_counter() - wall, time.process_time() - cpu
 
 
 def greedy_round(model, input_ids, compressed, steps: int) -> dict:
     """Prefill, then `steps` greedy steps one token at a time on the cache; wall and CPU seconds of each."""
-    outputs, prefill_wall, prefill_cpu = timed(lambda: prefill(model, input_ids, compressed))
+    outputs, prefill_wall, prefill_cpu = timed(prefill, model, input_ids, compressed)
     cache = outputs.past_key_values
     token = outputs.logits[:, -1].argmax(-1, keepdim=True)
     step_wall, step_cpu = [], []
     for _ in range(steps):
-        outputs, wall, cpu = timed(lambda: model(input_ids=token, past_key_values=cache, use_cache=True))
+        outputs, wall, cpu = timed(model, input_ids=token, past_key_values=cache, use_cache=True)
         token = outputs.logits[:, -1].argmax(-1, keepdim=True)
         step_wall.append(wall)
         step_cpu.append(cpu)
@@ -65,7 +66,7 @@ def main() -> None:
     prompt = random_context(args.prompt_length, config.vocab_size, seed=5)
 
     with torch.inference_mode():
-        compressed, compress_wall, compress_cpu = timed(lambda: model.compress(context))
+        compressed, compress_wall, compress_cpu = timed(model.compress, context)
         slots = int(compressed.num_slots[0])
         placeholders = torch.tensor([model.memory_placeholders(slots)])
         variants = {
@@ -101,17 +102,21 @@ def main() -> None:
 
     mib = 2**20
     c, f = sizes["compressed"], sizes["full"]
-    lc, lf = latency["compressed"], latency["full"]
+
+    def timing(key, scale=1.0):
+        compressed_s, full_s = latency["compressed"][key], latency["full"][key]
+        return [scale * compressed_s, scale * full_s, full_s / compressed_s, ""]
+
     rows = [
         ["cache positions after prefill", c["positions"], f["positions"], f["positions"] / c["positions"], ""],
         ["KV-cache bytes per position", c["bytes_per_position"], f["bytes_per_position"], 1.0, ""],
         ["KV-cache MiB, total", c["bytes"] / mib, f["bytes"] / mib, total_ratio, ""],
         ["KV-cache MiB, context part", c["context_bytes"] / mib, f["context_bytes"] / mib, context_ratio,
          f"= compression ratio {compression_ratio:g}: {'PASS' if exact else 'FAIL'}"],
-        ["decode ms/token, wall", 1e3 * lc["step_wall_s"], 1e3 * lf["step_wall_s"], lf["step_wall_s"] / lc["step_wall_s"], ""],
-        ["decode ms/token, cpu", 1e3 * lc["step_cpu_s"], 1e3 * lf["step_cpu_s"], lf["step_cpu_s"] / lc["step_cpu_s"], ""],
-        ["prefill s, wall", lc["prefill_wall_s"], lf["prefill_wall_s"], lf["prefill_wall_s"] / lc["prefill_wall_s"], ""],
-        ["prefill s, cpu", lc["prefill_cpu_s"], lf["prefill_cpu_s"], lf["prefill_cpu_s"] / lc["prefill_cpu_s"], ""],
+        ["decode ms/token, wall", *timing("step_wall_s", 1e3)],
+        ["decode ms/token, cpu", *timing("step_cpu_s", 1e3)],
+        ["prefill s, wall", *timing("prefill_wall_s")],
+        ["prefill s, cpu", *timing("prefill_cpu_s")],
         ["compress s (once per context), wall / cpu", f"{compress_wall:.3g} / {compress_cpu:.3g}", "", "", ""],
     ]
     print_table(
@@ -126,7 +131,7 @@ def main() -> None:
         "decoding",
         {
             "quick": args.quick,
-            "config": config.__dict__,
+            "config": config.with_context(context_length).__dict__,
             "threads": torch.get_num_threads(),
             "load_average": load_average(),
             "context_length": context_length,

@@ -26,12 +26,11 @@ import statistics
 import sys
 import time
 
-# _common before torch: it sets OMP_WAIT_POLICY, which OpenMP reads when torch loads it.
+# First: _common sets OMP_WAIT_POLICY, which OpenMP reads when torch loads it.
+import _common  # noqa: F401
+import torch
 from _common import QUICK, BenchConfig, build_backbone, print_json, print_table, verdict, wrap_icae
 from bench_training_step import ae_example, ours_step
-
-import torch
-
 
 GPU_CONFIG = BenchConfig(
     hidden_size=2048,
@@ -97,7 +96,8 @@ def bench(config: BenchConfig, attn_implementation: str, batch_size: int, warmup
     segments = -(-config.context_length // config.segment_capacity)
     encoder_tokens = batch_size * (config.context_length + segments * config.num_memory_tokens)
     decoder_tokens = example["input_ids"].numel()
-    flops = 6 * (groups["body"] + groups["lora"]) * (encoder_tokens + decoder_tokens) + 6 * groups["head"] * decoder_tokens
+    body = groups["body"] + groups["lora"]
+    flops = 6 * body * (encoder_tokens + decoder_tokens) + 6 * groups["head"] * decoder_tokens
     result = {
         "attn_implementation": attn_implementation,
         "batch_size": batch_size,
@@ -111,8 +111,6 @@ def bench(config: BenchConfig, attn_implementation: str, batch_size: int, warmup
         "encoder_tokens": encoder_tokens,
         "decoder_tokens": decoder_tokens,
     }
-    del model, optimizer, example
-    torch.cuda.empty_cache()
     return result
 
 
@@ -136,9 +134,11 @@ def main() -> int:
             notes.append("flash_attention_2 skipped: flash_attn is not importable (pip install flash-attn)")
             continue
         results.append(bench(config, attn, args.batch_size, args.warmup, args.steps, args.peak_tflops))
+        torch.cuda.empty_cache()  # the model of one attention backend is gone before the next is built
     rows = [
-        [r["attn_implementation"], r["step_s"], f"{r['context_tokens_per_s']:,.0f}", f"{r['processed_tokens_per_s']:,.0f}",
-         r["model_tflops_per_step"], f"{100 * r['mfu']:.1f}%", r["peak_gpu_memory_gib"]]
+        [r["attn_implementation"], r["step_s"], f"{r['context_tokens_per_s']:,.0f}",
+         f"{r['processed_tokens_per_s']:,.0f}", r["model_tflops_per_step"], f"{100 * r['mfu']:.1f}%",
+         r["peak_gpu_memory_gib"]]
         for r in results
     ]
     params = results[0]["parameters"]

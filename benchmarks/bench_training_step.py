@@ -19,15 +19,29 @@ import copy
 import math
 import sys
 
-# _common before torch: it sets OMP_WAIT_POLICY, which OpenMP reads when torch loads it.
-from _common import DEFAULT, QUICK, build_backbone, current_rss_bytes, load_average, peak_rss_bytes, print_json
-from _common import print_table, random_context, run_child, setup_cpu, special_token_ids, time_interleaved
-from _common import unique_parameter_count, verdict, wrap_icae
-
+# First: _common sets OMP_WAIT_POLICY, which OpenMP reads when torch loads it.
+import _common  # noqa: F401
 import torch
+from _common import (
+    DEFAULT,
+    QUICK,
+    build_backbone,
+    current_rss_bytes,
+    load_average,
+    peak_rss_bytes,
+    print_json,
+    print_table,
+    random_context,
+    run_child,
+    setup_cpu,
+    special_token_ids,
+    time_interleaved,
+    unique_parameter_count,
+    verdict,
+    wrap_icae,
+)
 from peft import LoraConfig, get_peft_model
 from torch import nn
-
 
 MEMORY_TARGET = 0.7
 TIME_TARGET = 1.0
@@ -241,6 +255,34 @@ def _trainable(model) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def table_rows(r: dict) -> list[list]:
+    """Printed rows for one context length: each measure as "ours / original", their ratio, and the target."""
+    mib = 2**20
+    eq, p, m, wall, cpu = r["equivalence"], r["parameters"], r["memory"], r["wall_s"], r["cpu_s"]
+
+    def pair(ours, original, fmt):
+        return f"{ours:{fmt}} / {original:{fmt}}", ours / original
+
+    def memory(key):
+        return pair(m["ours"][key] / mib, m["original"][key] / mib, ".0f")
+
+    grads = f"max |grad diff| {eq['max_abs_grad_difference']:.2e} (max |grad| {eq['max_abs_grad']:.2e})"
+    params = pair(p["ours"]["unique"], p["original"]["unique"], ",")
+    trainable = f"trainable {p['ours']['trainable']:,} / {p['original']['trainable']:,}"
+    memory_ok = f"<= {MEMORY_TARGET}: {verdict(r['memory_ratio'] <= MEMORY_TARGET)}"
+    time_ok = f"<= {TIME_TARGET}: {verdict(r['time_ratio'] <= TIME_TARGET)}"
+    return [
+        [f"{r['context_length']} ctx tok, {r['decoder_tokens']} dec tok", "same weights: loss ours / original",
+         f"{eq['loss_ours']:.6f} / {eq['loss_original']:.6f}", "", grads],
+        ["", "unique parameters", *params, trainable],
+        ["", "peak RSS above imports, MiB", *memory("peak_above_imports_bytes"), memory_ok],
+        ["", "  of which weights, MiB", *memory("weights_bytes"), ""],
+        ["", "  of which step peak, MiB", *memory("step_peak_above_weights_bytes"), ""],
+        ["", "step time, wall s", *pair(wall["ours"], wall["original"], ".3g"), ""],
+        ["", "step time, cpu s", *pair(cpu["ours"], cpu["original"], ".3g"), time_ok],
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run in seconds")
@@ -256,30 +298,7 @@ def main() -> None:
     lengths = args.context_length or ([model_config.context_length] if args.quick else [2048, 4096])
     results = [bench(model_config, n, args.repeats, args.quick) for n in lengths]
 
-    mib = 2**20
-    rows = []
-    for r in results:
-        eq = r["equivalence"]
-        case = f"{r['context_length']} ctx tok, {r['decoder_tokens']} dec tok"
-        rows.append([case, "same weights: loss ours / original", f"{eq['loss_ours']:.6f} / {eq['loss_original']:.6f}", "",
-                     f"max |grad diff| {eq['max_abs_grad_difference']:.2e} (max |grad| {eq['max_abs_grad']:.2e})"])
-        p = r["parameters"]
-        rows.append(["", "unique parameters ours / original", f"{p['ours']['unique']:,} / {p['original']['unique']:,}",
-                     p["ours"]["unique"] / p["original"]["unique"],
-                     f"trainable {p['ours']['trainable']:,} / {p['original']['trainable']:,}"])
-        m = r["memory"]
-        rows.append(["", "peak RSS above imports, MiB", f"{m['ours']['peak_above_imports_bytes'] / mib:.0f} / "
-                     f"{m['original']['peak_above_imports_bytes'] / mib:.0f}", r["memory_ratio"],
-                     f"<= {MEMORY_TARGET}: {verdict(r['memory_ratio'] <= MEMORY_TARGET)}"])
-        rows.append(["", "  of which weights, MiB", f"{m['ours']['weights_bytes'] / mib:.0f} / "
-                     f"{m['original']['weights_bytes'] / mib:.0f}", m["ours"]["weights_bytes"] / m["original"]["weights_bytes"], ""])
-        rows.append(["", "  of which step peak, MiB", f"{m['ours']['step_peak_above_weights_bytes'] / mib:.0f} / "
-                     f"{m['original']['step_peak_above_weights_bytes'] / mib:.0f}",
-                     m["ours"]["step_peak_above_weights_bytes"] / m["original"]["step_peak_above_weights_bytes"], ""])
-        wall, cpu = r["wall_s"], r["cpu_s"]
-        rows.append(["", "step time, wall s", f"{wall['ours']:.3g} / {wall['original']:.3g}", wall["ours"] / wall["original"], ""])
-        rows.append(["", "step time, cpu s", f"{cpu['ours']:.3g} / {cpu['original']:.3g}", r["time_ratio"],
-                     f"<= {TIME_TARGET}: {verdict(r['time_ratio'] <= TIME_TARGET)}"])
+    rows = [row for r in results for row in table_rows(r)]
     print_table(
         f"AE training step, {'QUICK' if args.quick else 'default'} config ({model_config.num_hidden_layers} layers x "
         f"{model_config.hidden_size}, vocab {model_config.vocab_size}, {model_config.num_memory_tokens} slots x rate "
