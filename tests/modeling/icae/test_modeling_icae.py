@@ -33,6 +33,7 @@ def reference_memory(model, context, position_identifiers=False, adapter=True):
         if position_identifiers:
             t = end - start
             kwargs["position_ids"] = torch.cat([torch.arange(1, t + 1), memory_position_ids(t, m)]).unsqueeze(0)
+            kwargs["attention_mask"] = torch.ones_like(kwargs["position_ids"])  # plain causal attention
         with model.adapter(adapter):
             hidden = model.language_model(inputs_embeds=embeds, output_hidden_states=True, **kwargs).hidden_states[-1]
         slots.append(hidden[0, -m:])
@@ -103,6 +104,9 @@ def test_position_identifiers_match_reference(make_icae, tiny_llama_config, cont
         torch.testing.assert_close(batch.memory_embeds[row, : len(expected)], expected, atol=1e-5, rtol=1e-5)
     plain = reference_memory(model, contexts[2])
     assert not torch.allclose(batch.memory_embeds[2, :12], plain, atol=1e-3)
+    # Unpadded rows too (where the encoder could drop the mask): memory slots must still see their segment.
+    alone = model.compress(torch.tensor([contexts[2]]))
+    torch.testing.assert_close(alone.memory_embeds[0], reference_memory(model, contexts[2], position_identifiers=True))
 
 
 def test_encoder_uses_lora_and_decoder_does_not(icae, contexts):

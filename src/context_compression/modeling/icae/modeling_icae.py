@@ -459,8 +459,7 @@ class ICAEForCausalLM(ICAEPreTrainedModel, GenerationMixin):
         # Where each output position reads from in `stacked`: tokens, then memory, then (unused) token padding.
         source = torch.where(is_token, position, torch.where(is_memory, token_ids.shape[1] + position - start, position - num_memory))
         inputs_embeds = stacked.gather(1, source.unsqueeze(-1).expand(-1, -1, stacked.shape[-1]))
-        # Without padding, no mask: attention kernels then take their faster purely causal path.
-        attention_mask = None if bool((lengths == lengths[0]).all()) else (position < start + num_memory).long()
+        attention_mask = (position < start + num_memory).long()
 
         if self.config.use_position_identifiers:
             memory_positions = torch.stack([memory_position_ids(int(n), num_memory, device) for n in lengths])
@@ -468,6 +467,10 @@ class ICAEForCausalLM(ICAEPreTrainedModel, GenerationMixin):
             position_ids = torch.where(is_memory, memory_positions.gather(1, slot), position + 1)
         else:
             position_ids = position.expand(len(segments), -1)
+            if bool((lengths == lengths[0]).all()):
+                # No padding: no mask, so attention takes its faster purely causal path. (With position identifiers
+                # the mask must stay: without one, transformers reads non-increasing positions as packed sequences.)
+                attention_mask = None
 
         with self.adapter(True):
             hidden = self.language_model.base_model(
