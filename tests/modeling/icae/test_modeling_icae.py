@@ -299,17 +299,39 @@ def test_concatenated_documents_and_turn_by_turn_memory(icae, contexts):
 
 def test_forward_loss_and_gradients_reach_encoder(icae, contexts):
     model, _ = icae
-    model.train()
     context = torch.tensor([contexts[1]])
     prompt = torch.cat([ae_prompt(model, 8), context], dim=1)
     labels = prompt.masked_fill(torch.arange(prompt.shape[1]) < 9, -100)
-    out = model(input_ids=prompt, labels=labels, context_input_ids=context)
-    logits = out.logits[0, 8:-1]
-    expected = torch.nn.functional.cross_entropy(logits, context[0])
-    torch.testing.assert_close(out.loss, expected)
-    out.loss.backward()
+    evaluated = model(input_ids=prompt, labels=labels, context_input_ids=context)
+    expected = torch.nn.functional.cross_entropy(evaluated.logits[0, 8:-1], context[0])
+    torch.testing.assert_close(evaluated.loss, expected)
+
+    model.train()  # training skips the full logits and computes the loss chunk by chunk: the same number
+    trained = model(input_ids=prompt, labels=labels, context_input_ids=context)
+    assert trained.logits is None
+    torch.testing.assert_close(trained.loss, expected)
+    trained.loss.backward()
     assert model.memory_token_embed.weight.grad[:4].abs().sum() > 0
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_A" in n)
+
+
+def test_chunked_loss_equals_full_logits_loss(icae):
+    model, _ = icae
+    from context_compression.modeling.icae.modeling_icae import causal_lm_loss
+
+    hidden = torch.randn(2, 7, 32, requires_grad=True)
+    labels = torch.randint(0, 500, (2, 7)).masked_fill(torch.rand(2, 7) < 0.3, -100)
+    lm_head = model.get_output_embeddings()
+    full = model.loss_function(lm_head(hidden), labels, vocab_size=lm_head.out_features)
+    chunked = causal_lm_loss(hidden, labels, lm_head, chunk_size=3)
+    torch.testing.assert_close(chunked, full)
+    (grad_full,) = torch.autograd.grad(full, hidden)
+    (grad_chunked,) = torch.autograd.grad(chunked, hidden)
+    torch.testing.assert_close(grad_chunked, grad_full)
+    torch.testing.assert_close(
+        causal_lm_loss(hidden, labels, lm_head, num_items_in_batch=20),
+        model.loss_function(lm_head(hidden), labels, vocab_size=lm_head.out_features, num_items_in_batch=20),
+    )
 
 
 def _grads(model, batch):

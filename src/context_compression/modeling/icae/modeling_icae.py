@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.utils.checkpoint
 from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file, save_file
@@ -519,6 +520,15 @@ class ICAEForCausalLM(ICAEPreTrainedModel, GenerationMixin):
             raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
         if inputs_embeds is None:
             inputs_embeds = self.embed_prompt(input_ids, compressed)
+        if labels is not None and self.training:
+            # Training needs only the loss: skip the (tokens x vocab) logits, the largest buffers of a step.
+            num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+            with self.adapter(False):
+                hidden = self.language_model.base_model(
+                    inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, **kwargs
+                ).last_hidden_state
+            loss = causal_lm_loss(hidden, labels, self.get_output_embeddings(), num_items_in_batch)
+            return ICAECausalLMOutputWithPast(loss=loss, compressed=compressed if context_input_ids is not None else None)
         with self.adapter(False):
             outputs = self.language_model(
                 inputs_embeds=inputs_embeds,
@@ -531,9 +541,7 @@ class ICAEForCausalLM(ICAEPreTrainedModel, GenerationMixin):
             )
         loss = None
         if labels is not None:
-            loss = self.loss_function(
-                outputs.logits, labels, vocab_size=outputs.logits.shape[-1], **kwargs
-            )
+            loss = self.loss_function(outputs.logits, labels, vocab_size=outputs.logits.shape[-1], **kwargs)
         return ICAECausalLMOutputWithPast(
             loss=loss,
             logits=outputs.logits,
@@ -640,6 +648,31 @@ def build_prompt_ids(
         return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
     return encode(prefix) + memory + [config.ft_token_id] + encode(prompt) + encode(suffix)
+
+
+def causal_lm_loss(
+    hidden: torch.Tensor, labels: torch.LongTensor, lm_head: nn.Module, num_items_in_batch=None, chunk_size: int = 512
+) -> torch.Tensor:
+    """
+    Shifted cross-entropy (as transformers' causal-LM loss) over the labelled positions only, applying `lm_head` a
+    chunk at a time under checkpointing, so no more than `chunk_size x vocab` logits exist at once, in forward or
+    backward. Averages over `num_items_in_batch` when given (gradient accumulation), else over the labelled tokens.
+    """
+    targets = labels[:, 1:].to(hidden.device)
+    keep = targets != -100
+    states, targets = hidden[:, :-1][keep], targets[keep]
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, len(targets), chunk_size):
+        chunk = slice(start, start + chunk_size)
+        total = total + torch.utils.checkpoint.checkpoint(
+            _summed_cross_entropy, lm_head, states[chunk], targets[chunk], use_reentrant=False
+        )
+    count = num_items_in_batch if num_items_in_batch is not None else len(targets)
+    return total / count
+
+
+def _summed_cross_entropy(lm_head: nn.Module, states: torch.Tensor, targets: torch.LongTensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(lm_head(states).float(), targets, reduction="sum")
 
 
 def _checkpoint_replaying_adapter_state(checkpoint, model: ICAEForCausalLM, function, *args, **kwargs):
