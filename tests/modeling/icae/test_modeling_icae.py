@@ -86,7 +86,8 @@ def test_padded_batch_equals_rows_one_at_a_time(icae, contexts, side):
     model, _ = icae
     ids, mask = pad(contexts, side=side, value=7)
     batch = model.compress(ids, mask)
-    torch.testing.assert_close(model.compress(ids, mask, segment_batch_size=2).memory_embeds, batch.memory_embeds)
+    for size in (1, 2, 100):
+        torch.testing.assert_close(model.compress(ids, mask, segment_batch_size=size).memory_embeds, batch.memory_embeds)
     assert batch.num_slots.tolist() == [4, 8, 12]
     for row, context in enumerate(contexts):
         alone = model.compress(torch.tensor([context]))

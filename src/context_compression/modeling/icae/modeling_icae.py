@@ -25,6 +25,7 @@ from .configuration_icae import ICAEConfig
 logger = logging.get_logger(__name__)
 
 ADAPTER_NAME = "default"
+CPU_SEGMENT_BATCH_SIZE = 4
 
 
 @dataclass
@@ -363,8 +364,9 @@ class ICAEForCausalLM(ICAEPreTrainedModel, GenerationMixin):
         """
         Compress each row's context into `num_segments * num_memory_tokens` memory slots.
 
-        All segments of all rows go through the encoder as one right-padded batch (or batches of at most
-        `segment_batch_size` segments, to bound memory); a row's slots are the final (normed) hidden states at its
+        All segments of all rows go through the encoder as right-padded batches of at most `segment_batch_size`
+        segments, longest first (default: all at once on an accelerator; 4 on CPU, where one wide batch measured
+        slower than several narrow ones, see benchmarks/bench_compression.py); a row's slots are the final (normed) hidden states at its
         memory tokens, segment after segment. Padding (left or right, marked by `attention_mask`) never reaches the
         encoder, so each row compresses as it would alone.
         """
@@ -384,8 +386,13 @@ class ICAEForCausalLM(ICAEPreTrainedModel, GenerationMixin):
             bounds = segment_bounds(len(context), self.config.segment_capacity)
             segments.extend(context[start:end] for start, end in bounds)
             counts.append(len(bounds))
-        step = segment_batch_size or len(segments)
-        memory = torch.cat([self._encode_segments(segments[i : i + step]) for i in range(0, len(segments), step)])
+        if segment_batch_size is None:
+            segment_batch_size = len(segments) if input_ids.device.type != "cpu" else CPU_SEGMENT_BATCH_SIZE
+        # Longest first, so each encoder batch pads only to its own widest segment.
+        order = sorted(range(len(segments)), key=lambda i: -len(segments[i]))
+        chunks = [order[i : i + segment_batch_size] for i in range(0, len(order), segment_batch_size)]
+        encoded = torch.cat([self._encode_segments([segments[i] for i in chunk]) for chunk in chunks])
+        memory = encoded[torch.tensor(order, device=encoded.device).argsort()]
         per_row = [slots.flatten(0, 1) for slots in memory.split(counts)]
         memory_embeds, memory_attention_mask = _right_pad(per_row)
         return CompressedContext(
