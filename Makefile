@@ -9,6 +9,8 @@ TORCH_PIP_ARGS ?=
 STAMP := $(VENV)/.install-stamp
 
 export HF_HUB_OFFLINE := 1
+# Spinning OpenMP waits make a 2-thread torch run crawl whenever another process holds a core.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: install demo test bench
 
