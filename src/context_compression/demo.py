@@ -1,16 +1,13 @@
 """The end-to-end demo: a tiny backbone and an ICAE over it, trained on a CPU in minutes, then measured.
 
 Nothing is downloaded. The package's synthetic corpus trains a local tokenizer and a small Llama, the ICAE trainer
-then trains the LoRA encoder and the memory embeddings on top with the backbone frozen (autoencoding objective,
-position identifiers), and held-out passages are compressed at 4x and reconstructed greedily. The same code with a
-larger budget (`RECIPES["quality"]`) is the quality benchmark.
+then trains the ICAE on top (autoencoding objective, position identifiers), and held-out passages are compressed at
+4x and reconstructed greedily. The same code with a larger budget (`RECIPES["quality"]`) is the quality benchmark.
 
-Why the backbone is first taught to copy: a frozen decoder reads memory slots with the machinery it already has for
-looking back at its context, the induction heads that real LLMs learn from the repetition in web text. A tiny LM
-trained only on non-repeating documents has none (it copies a repeated random sequence with 0% accuracy) and, frozen,
-barely learns to read memory (held-out BLEU-4 0.23 after 3000 ICAE steps in our runs). A short curriculum of
-repeated random-token sequences grows induction heads in about 1200 steps (copy accuracy 0.94); over that backbone
-the same ICAE training reaches BLEU-4 0.58 after 1500 steps, 0.71 with position identifiers.
+One departure from the paper's recipe, measured: a backbone this small, trained for two minutes, cannot learn to
+read memory slots with its weights frozen (held-out BLEU-4 0.19 at 4x after 1200 steps, against 0.67 with the
+backbone trainable), so the demo trains the backbone too (`freeze_backbone=False`: the decoder is still the same
+weights with the adapter off). With a real pretrained LLM keep the default, a frozen decoder.
 """
 
 import math
@@ -41,20 +38,20 @@ class DemoRecipe:
     num_attention_heads: int = 4
     intermediate_size: int = 512
     num_train_documents: int = 2000
-    copy_steps: int = 1300
-    backbone_steps: int = 1200
+    backbone_steps: int = 600
     backbone_batch_size: int = 16
-    backbone_learning_rate: float = 1e-3
-    copy_fraction: float = 0.3
+    backbone_learning_rate: float = 3e-3
+    copy_fraction: float = 0.5
     num_memory_tokens: int = 8
     mean_compression_rate: int = 4
     use_position_identifiers: bool = True
+    freeze_backbone: bool = False
     lora_r: int = 64
     lora_alpha: int = 64
     lora_target_modules: list[str] = field(default_factory=lambda: list(ALL_LINEAR))
-    icae_steps: int = 1500
+    icae_steps: int = 2000
     icae_batch_size: int = 16
-    icae_learning_rate: float = 2e-3
+    icae_learning_rate: float = 1.5e-3
     num_eval_passages: int = 64
 
     @property
@@ -67,11 +64,11 @@ RECIPES = {
     # For tests: seconds, and no claim on quality.
     "tiny": DemoRecipe(
         vocab_size=300, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-        num_train_documents=40, copy_steps=2, backbone_steps=4, backbone_batch_size=4, num_memory_tokens=4, lora_r=4,
-        lora_alpha=4, icae_steps=4, icae_batch_size=4, num_eval_passages=3,
+        num_train_documents=40, backbone_steps=4, backbone_batch_size=4, num_memory_tokens=4, lora_r=4, lora_alpha=4,
+        icae_steps=4, icae_batch_size=4, num_eval_passages=3,
     ),
     "demo": DemoRecipe(),
-    "quality": DemoRecipe(icae_steps=9000),
+    "quality": DemoRecipe(icae_steps=3500),
 }
 
 
@@ -92,41 +89,26 @@ class DemoResult:
     icae_minutes: float
 
 
-def repeated_sequence(rng: random.Random, ids: list[int], max_length: int) -> list[int]:
-    """A window of 8 to `max_length` tokens of `ids`, said twice: the second half is predictable only by copying."""
-    length = rng.randint(min(8, len(ids)), min(max_length, len(ids)))
-    start = rng.randint(0, len(ids) - length)
-    window = ids[start : start + length]
-    return window + window
-
-
-def backbone_examples(
-    documents: list[list[int]], tokenizer, num_examples: int, copy_fraction: float, max_copy: int, seed: int
-) -> list[list[int]]:
+def backbone_examples(documents: list[list[int]], tokenizer, copy_fraction: float, max_copy: int, seed: int) -> list[list[int]]:
     """
-    `num_examples` language-modelling sequences: documents, and with probability `copy_fraction` a repeated
-    sequence, half of them of random tokens (pure copying), half windows of a document. `copy_fraction=1` is the
-    copying curriculum that grows induction heads; a share of copies afterwards keeps them.
+    Language-modelling sequences for the backbone: each document, or (with probability `copy_fraction`) a window
+    of it said twice. Real LMs learn to look back and copy from the repetition in web text; a tiny LM that never
+    sees any does not, and reads memory slots worse (BLEU 0.05 instead of 0.16 after the same frozen-decoder ICAE
+    training in our runs).
     """
     rng = random.Random(seed)
-    special = set(tokenizer.all_special_ids)
-    vocabulary = [i for i in range(len(tokenizer)) if i not in special]
     examples = []
-    for _ in range(num_examples):
-        ids = rng.choice(documents)
+    for ids in documents:
         if rng.random() < copy_fraction:
-            if rng.random() < 0.5:
-                ids = [rng.choice(vocabulary) for _ in range(max_copy)]
-            ids = repeated_sequence(rng, ids, max_copy)
+            start = rng.randint(0, max(0, len(ids) - max_copy))
+            window = ids[start : start + rng.randint(8, max_copy)]
+            ids = window + window
         examples.append([tokenizer.bos_token_id, *ids, tokenizer.eos_token_id])
     return examples
 
 
 def train_backbone(tokenizer, documents: list[list[int]], recipe: DemoRecipe, output_dir: str, seed: int = 0):
-    """
-    Train a small Llama from scratch with the stock `Trainer`: `copy_steps` on repeated sequences only (see the
-    module docstring), then `backbone_steps` of language modelling on `documents` (token ids) mixed with copies.
-    """
+    """Train a small Llama from scratch as a causal LM on `documents` (token ids) with the stock `Trainer`."""
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=recipe.hidden_size,
@@ -142,43 +124,35 @@ def train_backbone(tokenizer, documents: list[list[int]], recipe: DemoRecipe, ou
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
-    phases = (
-        (recipe.copy_steps, 1.0, "constant_with_warmup"),
-        (recipe.backbone_steps, recipe.copy_fraction, "cosine"),
+    examples = backbone_examples(documents, tokenizer, recipe.copy_fraction, recipe.passage_length, seed)
+    args = TrainingArguments(
+        output_dir=output_dir,
+        max_steps=recipe.backbone_steps,
+        per_device_train_batch_size=recipe.backbone_batch_size,
+        learning_rate=recipe.backbone_learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.05,
+        weight_decay=0.01,
+        logging_steps=max(1, recipe.backbone_steps // 10),
+        save_strategy="no",
+        report_to="none",
+        seed=seed,
     )
-    for phase, (steps, copy_fraction, schedule) in enumerate(phases):
-        num_examples = steps * recipe.backbone_batch_size
-        examples = backbone_examples(
-            documents, tokenizer, num_examples, copy_fraction, recipe.passage_length, seed=seed + phase
-        )
-        args = TrainingArguments(
-            output_dir=output_dir,
-            max_steps=steps,
-            per_device_train_batch_size=recipe.backbone_batch_size,
-            learning_rate=recipe.backbone_learning_rate,
-            lr_scheduler_type=schedule,
-            warmup_steps=0.05,
-            weight_decay=0.01,
-            logging_steps=max(1, steps // 5),
-            save_strategy="no",
-            report_to="none",
-            seed=seed,
-        )
-        trainer = Trainer(
-            model=model,
-            args=args,
-            train_dataset=Dataset.from_dict({"input_ids": examples}),
-            data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
-        )
-        trainer.train()
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_dict({"input_ids": examples}),
+        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+    )
+    trainer.train()
     return model.eval()
 
 
 def train_icae(backbone, tokenizer, texts: list[str], recipe: DemoRecipe, output_dir: str, seed: int = 0):
     """
     Wrap `backbone` as an ICAE (adding its tokens to `tokenizer`) and pretrain it with the autoencoding objective
-    on random `passage_length`-token windows of `texts`, with [`ICAETrainer`]: the backbone stays frozen, only
-    the LoRA encoder and the memory embeddings train.
+    on random `passage_length`-token windows of `texts`, with [`ICAETrainer`] (see the module docstring on
+    `freeze_backbone`).
     """
     from .data.pretrain import prepare_pretraining_dataset
 
@@ -207,6 +181,7 @@ def train_icae(backbone, tokenizer, texts: list[str], recipe: DemoRecipe, output
         seed=seed,
         lm_ratio=0.0,
         model_max_length=recipe.passage_length,
+        freeze_backbone=recipe.freeze_backbone,
     )
     # Each row gives one random window; repeat the texts so the run sees about as many windows as examples.
     repeats = math.ceil(recipe.icae_steps * recipe.icae_batch_size / len(texts))
