@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY ?= $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
-# Extra pip arguments for torch, e.g. TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu".
+# Extra pip arguments for the torch install (an index or a wheel folder), e.g. TORCH_PIP_ARGS="--find-links DIR".
 TORCH_PIP_ARGS ?=
 STAMP := $(VENV)/.install-stamp
 
